@@ -1,0 +1,272 @@
+"""Tests of lib.cxplain: the causal objective, explanation models, bootstrap ensembles, metrics."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lib.attributions import block_masks
+from lib.cxplain import (
+    BootstrapEnsemble,
+    MLPExplainer,
+    UNetExplainer,
+    causal_kl_loss,
+    compute_omega,
+    cross_entropy_per_sample,
+    explain,
+    rank_error,
+    train_explainer,
+    uncertainty_rank_correlation,
+)
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models train much faster on one thread (and do not fight other processes for cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def toy_model(c: int = 1, k: int = 3, hw: int = 8) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(c, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * hw * hw, k)
+    ).eval()
+
+
+def brute_force_omega(model: nn.Module, x: torch.Tensor, y: torch.Tensor, block, mask_value) -> torch.Tensor:
+    """Reference implementation: one masked image at a time, plain F.cross_entropy."""
+    masks = block_masks(x.shape, block)
+    out = torch.zeros(len(x), len(masks), dtype=torch.float64)
+    with torch.no_grad():
+        for n in range(len(x)):
+            base = F.cross_entropy(model(x[n : n + 1]).double(), y[n : n + 1])
+            deltas = []
+            for mask in masks:
+                xm = x[n].clone()
+                xm[:, mask] = mask_value if not torch.is_tensor(mask_value) else mask_value.view(-1, 1).expand(-1, int(mask.sum()))
+                eps = F.cross_entropy(model(xm.unsqueeze(0)).double(), y[n : n + 1])
+                deltas.append(max(float(eps - base), 0.0))
+            d = torch.tensor(deltas, dtype=torch.float64)
+            out[n] = d / d.sum() if d.sum() > 0 else torch.full_like(d, 1 / len(d))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Omega
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "c,block,mask_value,batch_size",
+    [(1, 2, 0.0, 64), (1, (2, 4), 0.5, 7), (3, 4, torch.tensor([0.1, 0.2, 0.3]).view(3, 1, 1), 1000)],
+)
+def test_omega_equals_brute_force_loop(c, block, mask_value, batch_size) -> None:
+    model = toy_model(c=c)
+    torch.manual_seed(1)
+    x = torch.rand(5, c, 8, 8)
+    y = torch.tensor([0, 1, 2, 1, 0])
+    omega, delta = compute_omega(model, x, y, block, mask_value, batch_size=batch_size, return_delta=True)
+    assert omega.shape == (5, 64 // (block * block if isinstance(block, int) else block[0] * block[1]))
+    np.testing.assert_allclose(omega.sum(1).numpy(), 1.0, rtol=1e-6)
+    assert (omega >= 0).all() and (delta >= 0).all()
+    expected = brute_force_omega(model, x, y, block, mask_value)
+    # float32 forward passes differ slightly with batch composition, hence the tolerance
+    np.testing.assert_allclose(omega.double().numpy(), expected.numpy(), atol=2e-5)
+    assert (delta > 0).any() and (delta == 0).any()  # both clipped and unclipped blocks occur
+
+
+def test_omega_planted_block_and_uniform_fallback() -> None:
+    # logits [0, 10 * (mean of block 5)]: only block 5 can change the loss of label 1
+    w = torch.zeros(1, 8, 8)
+    w[0, block_masks((8, 8), 2)[5]] = 10.0
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    with torch.no_grad():
+        lin[1].weight.zero_()
+        lin[1].weight[1] = w.flatten()
+        lin[1].bias.zero_()
+    x = torch.rand(3, 1, 8, 8) + 0.1
+    omega = compute_omega(lin, x, torch.ones(3, dtype=torch.long), 2)
+    assert torch.allclose(omega, F.one_hot(torch.full((3,), 5), 16).float())
+    # label 0: masking block 5 lowers the loss, no block raises it -> uniform Omega
+    omega0 = compute_omega(lin, x, torch.zeros(3, dtype=torch.long), 2)
+    assert torch.allclose(omega0, torch.full((3, 16), 1 / 16))
+    # the prediction-based loss targets class 1 here (logit > 0), like label 1
+    assert torch.allclose(compute_omega(lin, x, None, 2, loss="ce_pred"), omega)
+    # a custom loss is used as given: squared error of the class-1 logit to 0
+    sq = compute_omega(lin, x, torch.ones(3, dtype=torch.long), 2, loss=lambda z, t: -(z[:, 1] ** 2))
+    assert torch.allclose(sq, F.one_hot(torch.full((3,), 5), 16).float())
+    with pytest.raises(ValueError):
+        compute_omega(lin, x, None, 2, loss="ce")
+
+
+def test_cross_entropy_is_accurate_for_confident_predictions() -> None:
+    z = torch.randn(6, 4)
+    t = torch.tensor([0, 1, 2, 3, 0, 1])
+    np.testing.assert_allclose(
+        cross_entropy_per_sample(z, t).numpy(), F.cross_entropy(z.double(), t, reduction="none").numpy(), rtol=1e-12
+    )
+    conf = torch.tensor([[0.0, 30.0], [0.0, 35.0]])  # float32 -log(p) would give exactly 0 for both
+    ce = cross_entropy_per_sample(conf, torch.tensor([1, 1]))
+    np.testing.assert_allclose(ce.numpy(), np.exp([-30.0, -35.0]), rtol=1e-6)
+    assert ce[0] > ce[1] > 0
+
+
+def test_delta_floor_reproduces_reference_epsilon() -> None:
+    model = toy_model()
+    x = torch.rand(4, 1, 8, 8)
+    y = torch.tensor([0, 1, 2, 0])
+    _, d0 = compute_omega(model, x, y, 2, return_delta=True)
+    _, d1 = compute_omega(model, x, y, 2, return_delta=True, delta_floor=1e-7)
+    assert torch.equal(d1, d0.clamp_min(1e-7))
+
+
+# --------------------------------------------------------------------------------------------
+# Explanation models and training
+# --------------------------------------------------------------------------------------------
+def test_explainer_shapes_generic() -> None:
+    assert MLPExplainer((1, 28, 28), 2, hidden=8)(torch.rand(2, 1, 28, 28)).shape == (2, 196)
+    assert UNetExplainer((1, 28, 28), 2, base_filters=4)(torch.rand(2, 1, 28, 28)).shape == (2, 196)
+    assert UNetExplainer((1, 28, 28), 2, base_filters=4, dense_head=False)(torch.rand(2, 1, 28, 28)).shape == (2, 196)
+    assert UNetExplainer((3, 64, 64), 16, base_filters=2, depth=4)(torch.rand(1, 3, 64, 64)).shape == (1, 16)
+    assert MLPExplainer((3, 64, 64), 16, hidden=8)(torch.rand(1, 3, 64, 64)).shape == (1, 16)
+    with pytest.raises(ValueError):
+        UNetExplainer((1, 28, 28), 4, depth=1)
+    with pytest.raises(ValueError):
+        UNetExplainer((1, 28, 28), (2, 4))
+
+
+def test_kl_loss_definition() -> None:
+    omega = torch.tensor([[0.5, 0.5, 0.0]])
+    logits = torch.log(torch.tensor([[0.25, 0.5, 0.25]]))
+    expected = 0.5 * np.log(0.5 / 0.25) + 0.5 * np.log(0.5 / 0.5)
+    assert abs(float(causal_kl_loss(logits, omega)) - expected) < 1e-6
+    assert float(causal_kl_loss(torch.log(omega.clamp_min(1e-30)), omega)) < 1e-6
+
+
+def planted_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images 1x8x8 with 16 blocks; the planted Omega puts mass on the block holding a bright square."""
+    g = torch.Generator().manual_seed(seed)
+    x = 0.1 * torch.rand(n, 1, 8, 8, generator=g)
+    hot = torch.randint(0, 16, (n,), generator=g)
+    masks = block_masks((8, 8), 2)
+    x[:, 0][masks[hot]] = 1.0
+    omega = torch.full((n, 16), 0.2 / 15)
+    omega[torch.arange(n), hot] = 0.8
+    return x, omega
+
+
+@pytest.mark.parametrize("kind", ["mlp", "unet"])
+def test_explainer_learns_planted_omega(kind: str) -> None:
+    x, omega = planted_data(600, 0)
+    xt, ot = planted_data(200, 1)
+    torch.manual_seed(0)
+    if kind == "mlp":
+        model: nn.Module = MLPExplainer((1, 8, 8), 2, hidden=64, dropout=0.0)
+        kw = dict(lr=3e-3, batch_size=50)
+    else:
+        model = UNetExplainer((1, 8, 8), 2, base_filters=8, depth=2, dropout=0.0, dense_head=False)
+        kw = dict(lr=3e-3, batch_size=50)
+    with torch.no_grad():
+        before = float(causal_kl_loss(model(xt), ot))
+    model, hist = train_explainer(model, x, omega, max_epochs=15, patience=15, progress=False, **kw)
+    with torch.no_grad():
+        after = float(causal_kl_loss(model(xt), ot))
+        hit = (model(xt).argmax(1) == ot.argmax(1)).float().mean()
+    assert after < 0.2 * before, (before, after)
+    assert hit > 0.9
+    assert len(hist.train_loss) == len(hist.val_loss) and hist.best_epoch >= 0
+
+
+def test_training_is_deterministic_given_seed() -> None:
+    x, omega = planted_data(100, 0)
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        m = MLPExplainer((1, 8, 8), 2, hidden=16, dropout=0.2)
+        train_explainer(m, x, omega, max_epochs=2, seed=5, progress=False)
+        weights.append(torch.cat([p.flatten() for p in m.parameters()]))
+    assert torch.equal(weights[0], weights[1])
+    torch.manual_seed(3)
+    m = MLPExplainer((1, 8, 8), 2, hidden=16, dropout=0.2)
+    train_explainer(m, x, omega, max_epochs=2, seed=6, progress=False)
+    assert not torch.equal(weights[0], torch.cat([p.flatten() for p in m.parameters()]))
+
+
+# --------------------------------------------------------------------------------------------
+# Bootstrap ensembles
+# --------------------------------------------------------------------------------------------
+def test_bootstrap_samples_with_and_without_replacement() -> None:
+    ens = BootstrapEnsemble(lambda: nn.Identity(), n_models=5, resample=True, seed=0)
+    idx = ens.bootstrap_indices(1000)
+    fractions = [len(np.unique(i)) / 1000 for i in idx]
+    # with replacement: ~ 1 - 1/e = 63.2% distinct samples per member, members differ
+    assert all(0.58 < f < 0.68 for f in fractions), fractions
+    assert not np.array_equal(idx[0], idx[1])
+    assert all(len(i) == 1000 and i.min() >= 0 and i.max() < 1000 for i in idx)
+    plain = BootstrapEnsemble(lambda: nn.Identity(), n_models=3, resample=False).bootstrap_indices(50)
+    assert all(np.array_equal(i, np.arange(50)) for i in plain)
+
+
+def test_ensemble_fit_uses_resampled_data() -> None:
+    x, omega = planted_data(120, 0)
+    ens = BootstrapEnsemble(lambda: MLPExplainer((1, 8, 8), 2, hidden=8), n_models=3, seed=1, max_epochs=1, progress=False)
+    ens.fit(x, omega, val_fraction=0.25)
+    assert ens.val_indices is not None and len(ens.val_indices) == 30
+    assert [len(i) for i in ens.indices] == [90, 90, 90]
+    assert all(len(np.unique(i)) < 90 for i in ens.indices)
+    members = ens.predict_members(x[:4])
+    assert members.shape == (3, 4, 16)
+    assert not torch.allclose(members[0], members[1])
+
+
+class ConstantLogits(nn.Module):
+    def __init__(self, probs: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("logits", torch.log(probs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(x), -1)
+
+
+def test_ensemble_median_and_interval_width() -> None:
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(7, 5), dim=1)
+    ens = BootstrapEnsemble(lambda: nn.Identity(), n_models=7)
+    ens.models = [ConstantLogits(p) for p in probs]
+    x = torch.zeros(2, 1, 4, 4)
+    imp, unc = ens.predict(x, confidence=0.9)
+    p = probs.double().numpy()
+    np.testing.assert_allclose(imp[0].numpy(), np.median(p, 0), rtol=1e-5)
+    width = np.percentile(p, 95, 0) - np.percentile(p, 5, 0)
+    np.testing.assert_allclose(unc[1].numpy(), width, rtol=1e-5)
+    _, sd = ens.predict(x, uncertainty="std")
+    np.testing.assert_allclose(sd[0].numpy(), p.std(0, ddof=1), rtol=1e-5)
+    e = explain(ens, x)
+    assert e.uncertainty is not None and e.importance.shape == (2, 5) and e.seconds >= 0
+    single = explain(ens.models[0], x)
+    assert single.uncertainty is None
+    np.testing.assert_allclose(single.importance[0].numpy(), p[0], rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Uncertainty evaluation
+# --------------------------------------------------------------------------------------------
+def test_rank_error_hand_example() -> None:
+    err = rank_error(np.array([[0.5, 0.3, 0.2]]), np.array([[0.2, 0.3, 0.5]]))
+    np.testing.assert_array_equal(err, [[2, 0, 2]])
+    # ties in Omega share the average rank: Omega ranks (1, 2.5, 2.5)
+    np.testing.assert_array_equal(rank_error(np.array([[0.6, 0.3, 0.1]]), np.array([[1.0, 0.0, 0.0]])), [[0, 0.5, 0.5]])
+
+
+def test_uncertainty_correlation_detects_informative_uncertainty() -> None:
+    rng = np.random.default_rng(0)
+    omega = rng.dirichlet(np.ones(50), size=40)
+    unc = rng.uniform(0, 1, size=omega.shape)
+    noisy = omega + 0.05 * unc * rng.standard_normal(omega.shape)  # error grows with uncertainty
+    res = uncertainty_rank_correlation(unc, noisy, omega)
+    assert res.rho > 0.2 and res.pvalue < 1e-10 and res.n == 2000
+    uninformative = uncertainty_rank_correlation(rng.uniform(size=omega.shape), noisy, omega)
+    assert abs(uninformative.rho) < 0.1
