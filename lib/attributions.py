@@ -321,29 +321,42 @@ def lime_blocks(
         return torch.softmax(predict_logits(model, t, batch_size), dim=1).double().numpy()
 
     out = torch.zeros(n, n_b)
-    for i in tqdm(range(n), disable=not progress, desc="LIME"):
-        explainer = lime_image.LimeImageExplainer(
-            kernel_width=kernel_width, feature_selection="none", random_state=seed + i
-        )
-        img = x[i].permute(1, 2, 0).double().numpy()
-        if c == 1:
-            img = img[:, :, 0]
-        label = int(targets[i])
-        exp = explainer.explain_instance(
-            img,
-            classifier_fn,
-            labels=(label,),
-            hide_color=mask_value,
-            top_labels=None,
-            num_features=n_b,
-            num_samples=num_samples,
-            batch_size=batch_size,
-            segmentation_fn=lambda _img: segments,
-            random_seed=seed + i,
-        )
-        for seg_id, weight in exp.local_exp[label]:
-            out[i, seg_id] = float(weight)
+    with _lime_progress(lime_image, progress):
+        for i in tqdm(range(n), disable=not progress, desc="LIME"):
+            explainer = lime_image.LimeImageExplainer(
+                kernel_width=kernel_width, feature_selection="none", random_state=seed + i
+            )
+            img = x[i].permute(1, 2, 0).double().numpy()
+            if c == 1:
+                img = img[:, :, 0]
+            label = int(targets[i])
+            exp = explainer.explain_instance(
+                img,
+                classifier_fn,
+                labels=(label,),
+                hide_color=mask_value,
+                top_labels=None,
+                num_features=n_b,
+                num_samples=num_samples,
+                batch_size=batch_size,
+                segmentation_fn=lambda _img: segments,
+                random_seed=seed + i,
+            )
+            for seg_id, weight in exp.local_exp[label]:
+                out[i, seg_id] = float(weight)
     return l1_normalise(out)
+
+
+@contextlib.contextmanager
+def _lime_progress(lime_image_module: object, show: bool) -> Iterator[None]:
+    """``lime_image`` wraps its sampling loop in tqdm unconditionally; silence it unless ``show``."""
+    saved = getattr(lime_image_module, "tqdm")
+    if not show:
+        setattr(lime_image_module, "tqdm", lambda iterable, *args, **kwargs: iterable)
+    try:
+        yield
+    finally:
+        setattr(lime_image_module, "tqdm", saved)
 
 
 def shap_blocks(

@@ -270,3 +270,45 @@ def test_uncertainty_correlation_detects_informative_uncertainty() -> None:
     assert res.rho > 0.2 and res.pvalue < 1e-10 and res.n == 2000
     uninformative = uncertainty_rank_correlation(rng.uniform(size=omega.shape), noisy, omega)
     assert abs(uninformative.rho) < 0.1
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-check against the reference package (cxplain 1.0.3, TensorFlow/Keras 2)
+# --------------------------------------------------------------------------------------------
+def test_omega_matches_reference_package() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("cxplain") is None or importlib.util.find_spec("tf_keras") is None:
+        pytest.skip("reference package cxplain / tf-keras not installed")
+    from lib.models.resnet import resnet20
+    from lib.reference.cxplain_ref import omega_reference_compatible, reference_omega_subprocess
+
+    torch.manual_seed(0)
+    cnn = toy_model(c=1)
+    x = torch.rand(5, 1, 8, 8)
+    y = torch.tensor([0, 1, 2, 1, 0])
+    # a saturated model: logits [0, 30 + <w, x>] with small positive w, so p_1 > 1 - 1e-7 always
+    sat = nn.Sequential(nn.Flatten(), nn.Linear(64, 2)).eval()
+    with torch.no_grad():
+        sat[1].weight.zero_()
+        sat[1].weight[1] = 0.05 * torch.rand(64)
+        sat[1].bias.copy_(torch.tensor([0.0, 30.0]))
+    y_sat = torch.ones(5, dtype=torch.long)
+    net = resnet20(n_classes=2).eval()
+    x28 = torch.rand(2, 1, 28, 28)
+    y28 = torch.tensor([0, 1])
+    ref_cnn, ref_sat, ref_net = reference_omega_subprocess([(cnn, x, y, 2), (sat, x, y_sat, 2), (net, x28, y28, 2)])
+    assert ref_cnn.shape == (5, 16) and ref_net.shape == (2, 196)
+
+    # same loss, floor and clip as the reference: agreement to float32 precision
+    for model, xx, yy, ref in [(cnn, x, y, ref_cnn), (sat, x, y_sat, ref_sat), (net, x28, y28, ref_net)]:
+        np.testing.assert_allclose(omega_reference_compatible(model, xx, yy, 2).numpy(), ref, atol=1e-5)
+    # our default (exact CE, floor 0) agrees where the model is not saturated ...
+    np.testing.assert_allclose(compute_omega(cnn, x, y, 2).numpy(), ref_cnn, atol=1e-4)
+    np.testing.assert_allclose(compute_omega(net, x28, y28, 2).numpy(), ref_net, atol=1e-4)
+    # ... and differs where it is: Keras' clipped probabilities make every Delta hit the floor
+    ours_sat = compute_omega(sat, x, y_sat, 2).numpy()
+    assert np.allclose(ref_sat, 1 / 16, atol=1e-5)
+    contrib = (sat[1].weight[1].view(1, 8, 8) * x[:, 0]).reshape(5, 4, 2, 4, 2).sum((2, 4)).reshape(5, 16)
+    assert (ours_sat.std(1) > 0.01).all()
+    assert np.array_equal(ours_sat.argmax(1), contrib.argmax(1).numpy())

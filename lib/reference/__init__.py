@@ -1,0 +1,1 @@
+"""Wrappers that run reference implementations (TensorFlow/Keras packages) for cross-checks."""
