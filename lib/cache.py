@@ -1,0 +1,170 @@
+"""Artifact cache for trained models and expensive precomputations.
+
+Every chapter trains models (the CEM chapter: an MNIST CNN and an auto-encoder; CXPlain: a
+ResNet-20 and explanation models) and reuses them on the next run. An artifact is stored under
+
+    $XAI_CACHE_DIR/<name>/<key>.pt       (default cache root: <repo>/.xai-cache)
+    $XAI_CACHE_DIR/<name>/<key>.sha256   (digest of the .pt, written after it)
+
+where ``key`` is a hash of (name, config, data fingerprint). Change any hyper-parameter or the
+data and the key changes, so a stale model is never loaded. Both files are written to a
+temporary name and renamed into place, so an interrupted run never leaves a half-written
+artifact. On load, a missing digest, a digest mismatch or a file that ``torch.load`` rejects
+marks the artifact as corrupt: it is removed with a warning and rebuilt. Loading uses
+``weights_only=True``, so a cache file cannot execute code.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class CorruptArtifactWarning(UserWarning):
+    """A cached artifact failed its integrity check and is rebuilt."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XAI_CACHE_DIR", REPO_ROOT / ".xai-cache"))
+
+
+def _canonical(obj: Any) -> Any:
+    """JSON-able, order-independent form of a config (tuples become lists, keys sorted by json)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    raise TypeError(f"config values must be JSON-like (str, number, bool, None, list, dict); got {type(obj).__name__}")
+
+
+def artifact_key(name: str, config: Mapping[str, Any], data_fingerprint: str = "") -> str:
+    """Hash of (name, config, data fingerprint): the artifact's identity."""
+    blob = json.dumps({"name": name, "config": _canonical(config), "data": data_fingerprint}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ArtifactCache:
+    """Get-or-create store of payloads (dicts of tensors and plain Python values)."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root is not None else cache_dir()
+
+    def paths(self, name: str, key: str) -> tuple[Path, Path]:
+        folder = self.root / name
+        return folder / f"{key}.pt", folder / f"{key}.sha256"
+
+    def load(self, name: str, key: str) -> dict | None:
+        """The stored payload, or None if absent. A corrupt artifact is removed (with a warning)."""
+        pt, digest = self.paths(name, key)
+        if not pt.exists():
+            digest.unlink(missing_ok=True)
+            return None
+        problem = None
+        if not digest.exists():
+            problem = "its checksum file is missing (interrupted write?)"
+        elif digest.read_text().strip() != _sha256(pt):
+            problem = "its content does not match the recorded sha256"
+        else:
+            try:
+                payload = torch.load(pt, map_location="cpu", weights_only=True)
+            except Exception as err:  # torch raises several types for unreadable files
+                problem = f"torch.load failed ({type(err).__name__}: {err})"
+            else:
+                if not isinstance(payload, dict) or payload.get("__key__") != key:
+                    problem = "it does not carry the expected key"
+                else:
+                    return payload
+        warnings.warn(f"corrupt cached artifact {pt}: {problem}; deleting it and rebuilding.", CorruptArtifactWarning, stacklevel=3)
+        pt.unlink(missing_ok=True)
+        digest.unlink(missing_ok=True)
+        return None
+
+    def save(self, name: str, key: str, payload: dict) -> None:
+        pt, digest = self.paths(name, key)
+        payload = {**payload, "__key__": key}
+        _atomic_write(pt, lambda p: torch.save(payload, p))
+        _atomic_write(digest, lambda p: p.write_text(_sha256(pt) + "\n"))
+
+    def get_or_create(self, name: str, config: Mapping[str, Any], create: Callable[[], dict], data_fingerprint: str = "") -> tuple[dict, bool]:
+        """Return ``(payload, from_cache)``; ``create()`` runs only when no valid artifact exists."""
+        key = artifact_key(name, config, data_fingerprint)
+        payload = self.load(name, key)
+        if payload is not None:
+            return payload, True
+        payload = create()
+        self.save(name, key, payload)
+        return {**payload, "__key__": key}, False
+
+
+def cached_model(
+    name: str,
+    config: Mapping[str, Any],
+    build: Callable[[], nn.Module],
+    train: Callable[[nn.Module], dict],
+    data_fingerprint: str = "",
+    cache: ArtifactCache | None = None,
+    verbose: bool = True,
+) -> tuple[nn.Module, dict]:
+    """Build a model and train it, or load its trained weights from the cache.
+
+    ``build()`` returns a fresh, untrained model; ``train(model)`` trains it in place and returns
+    a dict of plain values (e.g. the loss history) that is stored with the weights, so that a
+    chapter prints the same summary whether the model was trained now or loaded. Returns
+    ``(model in eval mode, info)``; ``info['from_cache']`` tells which happened.
+    """
+    cache = cache or ArtifactCache()
+    model = build()
+
+    def create() -> dict:
+        t0 = time.perf_counter()
+        info = train(model)
+        return {"state_dict": model.state_dict(), "info": {**(info or {}), "train_seconds": time.perf_counter() - t0}}
+
+    payload, hit = cache.get_or_create(name, config, create, data_fingerprint)
+    if hit:
+        try:
+            model.load_state_dict(payload["state_dict"])
+        except (RuntimeError, KeyError) as err:
+            raise RuntimeError(
+                f"cached artifact {name}/{payload['__key__']} does not fit the model built now ({err}). "
+                f"The architecture changed without a config change: delete {cache.paths(name, payload['__key__'])[0]} "
+                "or add the change to the config."
+            ) from err
+    info = dict(payload["info"])
+    info["from_cache"] = hit
+    info["key"] = payload["__key__"]
+    if verbose:
+        how = "loaded from cache" if hit else f"trained in {info['train_seconds']:.0f} s and cached"
+        print(f"{name}: {how} (key {info['key']})")
+    return model.eval(), info

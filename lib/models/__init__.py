@@ -1,0 +1,1 @@
+"""Model architectures, one module per paper setup (see each module's docstring)."""

@@ -1,0 +1,157 @@
+"""Cross-check of :mod:`lib.cem` against the reference implementation, ``alibi.explainers.CEM``.
+
+alibi's CEM (TensorFlow 1-style graph code, extending the CEM authors' implementation) needs a
+Keras model to differentiate through. We therefore copy the weights of the torch models of
+:mod:`lib.models.cem_mnist` into identical Keras models (NHWC layout; the Dense layer after the
+flatten is re-indexed from torch's CHW order to Keras' HWC order), check that both give the same
+outputs, and run alibi on them with the same hyper-parameters as ours.
+
+Environment: alibi 0.9.6 runs on TensorFlow 2.21 only with legacy Keras 2 (package ``tf-keras``,
+``TF_USE_LEGACY_KERAS=1`` set before TensorFlow is imported) and with eager execution disabled
+before any model is built. Both are process-wide switches, so :func:`tf_session` must be called
+before anything else imports TensorFlow in the process. Used by the CEM chapter and
+``benchmarks/bench_cem.py``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from lib.cem import CEMConfig
+from lib.models.cem_mnist import CEMAutoencoder, CEMClassifier
+
+_TF = None
+
+
+def tf_session():
+    """Import TensorFlow in the mode alibi's CEM needs (legacy Keras, graph mode); return ``tf``."""
+    global _TF
+    if _TF is None:
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        import tensorflow as tf
+
+        if tf.executing_eagerly():
+            tf.compat.v1.disable_eager_execution()
+        tf.get_logger().setLevel("ERROR")
+        _TF = tf
+    return _TF
+
+
+def _conv_weights(conv: nn.Conv2d) -> list[np.ndarray]:
+    return [conv.weight.detach().permute(2, 3, 1, 0).numpy(), conv.bias.detach().numpy()]
+
+
+def keras_classifier(model: CEMClassifier, softmax: bool = True):
+    """A Keras copy of ``model`` (NHWC input, softmax output like the reference example)."""
+    tf = tf_session()
+    from tf_keras import layers, models
+
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    dense = [m for m in model.head if isinstance(m, nn.Linear)]
+    x_in = layers.Input(shape=(28, 28, 1))
+    x = x_in
+    for conv in convs:
+        x = layers.Conv2D(conv.out_channels, 2, padding="same", activation="relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+        x = layers.Dropout(0.3)(x)
+    side, channels = x.shape[1], x.shape[3]
+    x = layers.Flatten()(x)
+    x = layers.Dense(256, activation="relu")(x)
+    x = layers.Dropout(0.5)(x)
+    out = layers.Dense(dense[1].out_features, activation="softmax" if softmax else None)(x)
+    km = models.Model(x_in, out)
+    weights = []
+    for conv in convs:
+        weights += _conv_weights(conv)
+    w1 = dense[0].weight.detach()  # (256, C*H*W) in torch's CHW flatten order
+    w1 = w1.reshape(256, channels, side, side).permute(2, 3, 1, 0).reshape(side * side * channels, 256)
+    weights += [w1.numpy(), dense[0].bias.detach().numpy()]
+    weights += [dense[1].weight.detach().T.numpy(), dense[1].bias.detach().numpy()]
+    km.set_weights(weights)
+    return km
+
+
+def keras_autoencoder(model: CEMAutoencoder):
+    """A Keras copy of the auto-encoder."""
+    tf_session()
+    from tf_keras import layers, models
+
+    x_in = layers.Input(shape=(28, 28, 1))
+    x = layers.Conv2D(16, 3, padding="same", activation="relu")(x_in)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu")(x)
+    x = layers.MaxPooling2D(2, padding="same")(x)
+    x = layers.Conv2D(1, 3, padding="same", activation=None)(x)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu")(x)
+    x = layers.UpSampling2D(2)(x)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu")(x)
+    out = layers.Conv2D(1, 3, padding="same", activation=None)(x)
+    km = models.Model(x_in, out)
+    convs = [m for m in [*model.encoder, *model.decoder] if isinstance(m, nn.Conv2d)]
+    km.set_weights([w for c in convs for w in _conv_weights(c)])
+    return km
+
+
+def nchw_to_nhwc(x: torch.Tensor) -> np.ndarray:
+    return x.detach().permute(0, 2, 3, 1).numpy()
+
+
+def max_port_error(torch_model: nn.Module, keras_model, x: torch.Tensor, softmax: bool) -> float:
+    """Largest absolute difference between the torch model and its Keras copy on ``x``."""
+    with torch.no_grad():
+        ours = torch_model(x)
+        ours = ours.softmax(1) if softmax else ours
+    theirs = keras_model.predict(nchw_to_nhwc(x), verbose=0)
+    if theirs.ndim == 4:
+        theirs = theirs.transpose(0, 3, 1, 2)
+    return float(np.abs(ours.numpy() - theirs).max())
+
+
+@dataclass
+class ReferenceRun:
+    """alibi's explanations for a batch, in our layout (NCHW), one row per instance."""
+
+    mode: str
+    explanation: torch.Tensor
+    found: torch.Tensor
+    pred: torch.Tensor
+    seconds_per_instance: float
+
+
+def alibi_cem(classifier: CEMClassifier, x0: torch.Tensor, mode: str, config: CEMConfig,
+              autoencoder: CEMAutoencoder | None = None, progress=None) -> ReferenceRun:
+    """Explain each instance of ``x0`` with alibi's CEM (one instance per call, as alibi supports)."""
+    if config.scores != "probs":
+        raise ValueError("the reference works on the Keras model's softmax output: use scores='probs'")
+    tf_session()
+    from alibi.explainers import CEM
+
+    kc = keras_classifier(classifier, softmax=True)
+    ka = keras_autoencoder(autoencoder) if (autoencoder is not None and config.gamma > 0) else None
+    cem = CEM(
+        kc, mode=mode, shape=(1, 28, 28, 1), kappa=config.kappa, beta=config.beta,
+        feature_range=config.feature_range, gamma=config.gamma, ae_model=ka,
+        max_iterations=config.max_iterations, c_init=config.c_init, c_steps=config.c_steps,
+        learning_rate_init=config.lr_init, clip=config.clip, no_info_val=config.no_info_val,
+    )
+    xs = nchw_to_nhwc(x0)
+    out = np.zeros_like(xs)
+    found = np.zeros(len(xs), dtype=bool)
+    pred = np.full(len(xs), -1)
+    items = range(len(xs))
+    t0 = time.perf_counter()
+    for i in progress(items) if progress else items:
+        exp = cem.explain(xs[i : i + 1])
+        e = exp.data.get(mode)
+        if e is not None:
+            out[i] = e[0]
+            found[i] = True
+            pred[i] = int(exp.data[mode + "_pred"])
+    seconds = (time.perf_counter() - t0) / max(len(xs), 1)
+    return ReferenceRun(mode, torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(found),
+                        torch.from_numpy(pred), seconds)
