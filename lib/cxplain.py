@@ -39,13 +39,14 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal, NamedTuple, Sequence, Union
+from typing import Callable, Literal, NamedTuple, Sequence, Union, overload
 
 import numpy as np
 import torch
 from scipy import stats
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from lib.attributions import Block, MaskValue, block_grid, block_masks, block_shape, eval_mode, num_blocks
 
@@ -92,6 +93,37 @@ def _forward_batched(model: nn.Module, x: torch.Tensor, batch_size: int) -> torc
     return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
+@overload
+def compute_omega(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None = ...,
+    block: Block = ...,
+    mask_value: MaskValue = ...,
+    loss: Literal["ce", "ce_pred"] | LossFn = ...,
+    batch_size: int = ...,
+    delta_floor: float = ...,
+    return_delta: Literal[False] = ...,
+    progress: bool = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def compute_omega(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None = ...,
+    block: Block = ...,
+    mask_value: MaskValue = ...,
+    loss: Literal["ce", "ce_pred"] | LossFn = ...,
+    batch_size: int = ...,
+    delta_floor: float = ...,
+    *,
+    return_delta: Literal[True],
+    progress: bool = ...,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 def compute_omega(
     model: nn.Module,
     x: torch.Tensor,
@@ -102,6 +134,7 @@ def compute_omega(
     batch_size: int = 2048,
     delta_floor: float = 0.0,
     return_delta: bool = False,
+    progress: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Normalised causal importance ``Omega`` of every block of every image (paper Sec. 3).
 
@@ -132,6 +165,7 @@ def compute_omega(
         batch_size: inputs per forward pass of the target model.
         delta_floor: lower clip of ``Delta`` (0 here; the reference uses 1e-7).
         return_delta: also return the unnormalised ``Delta`` (float64).
+        progress: show a tqdm progress bar over chunks of images.
 
     Returns:
         float32 ``Omega`` of shape ``(N, n_blocks)`` (rows sum to 1), and ``Delta`` if requested.
@@ -155,7 +189,7 @@ def compute_omega(
     per_chunk = max(1, batch_size // (n_b + 1))
     omegas, deltas = [], []
     with eval_mode(model), torch.no_grad():
-        for s in range(0, n, per_chunk):
+        for s in tqdm(range(0, n, per_chunk), disable=not progress, desc="Omega", unit="chunk"):
             xb = x[s : s + per_chunk]
             k = len(xb)
             masked = torch.where(masks[None, :, None], fill, xb[:, None])  # (k, B, C, H, W)
@@ -384,8 +418,6 @@ def train_explainer(
 
     Returns the trained model (in eval mode) and its :class:`TrainHistory`.
     """
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     if x_val is None:

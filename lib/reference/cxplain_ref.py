@@ -164,7 +164,6 @@ def keras_categorical_crossentropy(logits: torch.Tensor, target: torch.Tensor) -
 def omega_reference_compatible(model: nn.Module, x: torch.Tensor, y: torch.Tensor, block: int = 2) -> torch.Tensor:
     """:func:`lib.cxplain.compute_omega` with the reference's loss, epsilon floor and final clip."""
     omega = compute_omega(model, x, y, block, 0.0, loss=keras_categorical_crossentropy, delta_floor=KERAS_EPSILON)
-    assert isinstance(omega, torch.Tensor)
     return omega.clamp(KERAS_EPSILON, 1.0)
 
 
