@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         "saliency": lambda: A.saliency_blocks(model, x_ex, block),
         "ig": lambda: A.integrated_gradients_blocks(model, x_ex, block, n_steps=args.ig_steps),
     }
+    A.saliency_blocks(model, x_ex[:2], block)  # untimed warm-up of autograd (first backward is slow)
     for name in [m for m in args.methods if not m.startswith("cxplain")]:
         (imp, secs) = timed(baseline_fns[name])
         results.append((name, secs, np.asarray(imp)))
