@@ -85,6 +85,11 @@ class CEMResult:
     distance: torch.Tensor  # elastic-net distance of the best solution (inf if not found)
     c_final: torch.Tensor  # value of c after the search
 
+    def subset(self, index) -> "CEMResult":
+        """The rows ``index`` (a slice, an index tensor or a boolean mask) of this result."""
+        return CEMResult(self.mode, self.explanation[index], self.found[index], self.pred[index],
+                         self.orig_pred[index], self.distance[index], self.c_final[index])
+
 
 def pn_delta(x0: torch.Tensor, result: CEMResult) -> torch.Tensor:
     """The part a PN adds to ``x0`` (zero where no PN was found)."""
@@ -134,6 +139,50 @@ def _shrink(y: torch.Tensor, x0: torch.Tensor, beta: float, lo: float, hi: float
     return torch.where(diff > beta, up, torch.where(diff < -beta, down, x0))
 
 
+def fista_path(
+    model: nn.Module,
+    x0: torch.Tensor,
+    target: torch.Tensor,
+    c: torch.Tensor,
+    mode: Mode,
+    config: CEMConfig,
+    autoencoder: nn.Module | None = None,
+):
+    """The FISTA iterates ``(x_k, y_k)`` for one value of ``c`` (per instance), k = 1..max_iterations.
+
+    ``x_k`` is the shrunk and projected iterate (the candidate explanation), ``y_k`` the
+    extrapolated point at which the next gradient is taken. One step: a gradient step on the
+    smooth loss c * f_kappa + ||x0 - y||^2 (+ gamma * auto-encoder term) with clipped gradients and
+    learning rate lr_init * (1 - k / max_iterations)^0.5, then shrinkage-thresholding at beta,
+    projection, and the momentum step y = x_k + k/(k+3) * (x_k - x_{k-1}) (the reference's
+    step counter starts at 1), projected again.
+    """
+    lo, hi = config.feature_range
+    no_info = torch.full_like(x0, config.no_info_val)
+
+    def smooth_loss(y: torch.Tensor) -> torch.Tensor:
+        d = x0 - y
+        z = d if mode == "PP" else y
+        loss = (c * _hinge(_scores(model, z, config.scores), target, config.kappa, mode)).sum() + d.pow(2).sum()
+        if config.gamma > 0:
+            loss = loss + config.gamma * (autoencoder(z) - z).pow(2).sum()
+        return loss
+
+    x = x0.clone()
+    y = x0.clone()
+    for k in range(config.max_iterations):
+        y.requires_grad_(True)
+        (grad,) = torch.autograd.grad(smooth_loss(y), y)
+        lr = config.lr_init * (1.0 - k / config.max_iterations) ** 0.5
+        with torch.no_grad():
+            y = y - lr * grad.clamp(*config.clip)
+            x_new = _project(_shrink(y, x0, config.beta, lo, hi), x0, no_info, mode)
+            zt = (k + 1) / (k + 4)
+            y = _project(x_new + zt * (x_new - x), x0, no_info, mode)
+            x = x_new
+        yield x, y
+
+
 def cem_explain(
     model: nn.Module,
     x0: torch.Tensor,
@@ -170,7 +219,6 @@ def cem_explain(
     x0 = x0.detach()
     B = x0.shape[0]
     ax = tuple(range(1, x0.ndim))
-    no_info = torch.full_like(x0, config.no_info_val)
     with torch.no_grad():
         orig_scores = _scores(model, x0, config.scores)
     target = orig_scores.argmax(1) if target is None else target.to(torch.long)
@@ -182,41 +230,23 @@ def cem_explain(
     best = torch.zeros_like(x0)
     best_pred = torch.full((B,), -1, dtype=torch.long)
 
-    def smooth_loss(y: torch.Tensor) -> torch.Tensor:
-        d = x0 - y
-        z = d if mode == "PP" else y
-        loss = (c * _hinge(_scores(model, z, config.scores), target, config.kappa, mode)).sum() + d.pow(2).sum()
-        if config.gamma > 0:
-            loss = loss + config.gamma * (autoencoder(z) - z).pow(2).sum()
-        return loss
-
     steps = range(config.c_steps)
     for _ in progress(steps) if progress else steps:
-        x = x0.clone()
-        y = x0.clone()
         step_best_dist = torch.full((B,), float("inf"))
         step_found = torch.zeros(B, dtype=torch.bool)
-        for k in range(config.max_iterations):
-            y.requires_grad_(True)
-            (grad,) = torch.autograd.grad(smooth_loss(y), y)
-            lr = config.lr_init * (1.0 - k / config.max_iterations) ** 0.5
+        for x, _y in fista_path(model, x0, target, c, mode, config, autoencoder):
+            d = x0 - x
             with torch.no_grad():
-                y = y - lr * grad.clamp(*config.clip)
-                x_new = _project(_shrink(y, x0, config.beta, lo, hi), x0, no_info, mode)
-                zt = (k + 1) / (k + 4)
-                y = _project(x_new + zt * (x_new - x), x0, no_info, mode)
-                x = x_new
-                d = x0 - x
                 ok, pred = _success(_scores(model, d if mode == "PP" else x, config.scores), target, config.kappa, mode)
-                dist = d.pow(2).sum(ax) + config.beta * d.abs().sum(ax)
-                better_step = ok & (dist < step_best_dist)
-                step_best_dist = torch.where(better_step, dist, step_best_dist)
-                step_found |= better_step
-                better = ok & (dist < best_dist)
-                if better.any():
-                    best_dist = torch.where(better, dist, best_dist)
-                    best[better] = (d if mode == "PP" else x)[better]
-                    best_pred = torch.where(better, pred, best_pred)
+            dist = d.pow(2).sum(ax) + config.beta * d.abs().sum(ax)
+            better_step = ok & (dist < step_best_dist)
+            step_best_dist = torch.where(better_step, dist, step_best_dist)
+            step_found |= better_step
+            better = ok & (dist < best_dist)
+            if better.any():
+                best_dist = torch.where(better, dist, best_dist)
+                best[better] = (d if mode == "PP" else x)[better]
+                best_pred = torch.where(better, pred, best_pred)
         # outer search over c (the reference's bisection / x10 rule)
         c_ub = torch.where(step_found, torch.minimum(c_ub, c), c_ub)
         c_lb = torch.where(step_found, c_lb, torch.maximum(c_lb, c))
@@ -225,3 +255,28 @@ def cem_explain(
 
     found = torch.isfinite(best_dist)
     return CEMResult(mode=mode, explanation=best, found=found, pred=best_pred, orig_pred=target, distance=best_dist, c_final=c)
+
+
+def changed_part(x0: torch.Tensor, result: CEMResult) -> torch.Tensor:
+    """What the explanation consists of, per instance, as a non-negative-by-construction map:
+    for a PN the part added to ``x0`` (``x - x0``), for a PP the pertinent part ``d`` itself.
+    Rows without a valid explanation are zero."""
+    part = result.explanation - x0 if result.mode == "PN" else result.explanation
+    return part * result.found.view(-1, *[1] * (x0.ndim - 1))
+
+
+def sparsity(x0: torch.Tensor, result: CEMResult, tol: float = 1e-6) -> dict[str, torch.Tensor]:
+    """L0 (number of features changed/kept, |value| > tol) and L1 of :func:`changed_part`,
+    per instance (NaN where no explanation was found)."""
+    part = changed_part(x0, result).flatten(1)
+    nan = torch.full((len(part),), float("nan"))
+    l0 = torch.where(result.found, (part.abs() > tol).sum(1).float(), nan)
+    l1 = torch.where(result.found, part.abs().sum(1), nan)
+    return {"L0": l0, "L1": l1}
+
+
+@torch.no_grad()
+def reconstruction_error(autoencoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Per-instance squared L2 distance ||AE(x) - x||^2: how far ``x`` is from what the
+    auto-encoder (a model of the data) reconstructs; the quantity the gamma term penalises."""
+    return (autoencoder(x) - x).pow(2).flatten(1).sum(1)

@@ -289,7 +289,7 @@ def verify(path: Path, resource: Resource) -> None:
 
 def _download(url: str, dest: Path, resource: Resource) -> None:
     """Download ``url`` to ``dest`` atomically, verifying the checksum before the final rename."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
@@ -468,7 +468,7 @@ class Dataset:
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    x = torch.from_numpy(np.array(images, dtype=np.float32)).div_(255.0)
     return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
 
 
@@ -488,9 +488,9 @@ def load_dataset(name: str, path: str | os.PathLike | None = None, download: boo
         fingerprint=loc.fingerprint,
         classes=spec.classes,
         x_train=_to_tensor(raw.x_train),
-        y_train=torch.from_numpy(raw.y_train.astype(np.int64)),
+        y_train=torch.from_numpy(np.array(raw.y_train, dtype=np.int64)),
         x_test=_to_tensor(raw.x_test),
-        y_test=torch.from_numpy(raw.y_test.astype(np.int64)),
+        y_test=torch.from_numpy(np.array(raw.y_test, dtype=np.int64)),
     )
     if ds.is_sample:
         msg = (

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -30,7 +30,8 @@ class CEMClassifier(nn.Module):
         layers: list[nn.Module] = []
         c_in, side = 1, 28
         for c_out in filters:
-            layers += [nn.Conv2d(c_in, c_out, kernel_size=2, padding="same"), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.3)]
+            # Keras' padding='same' for a kernel of 2 pads one row/column after the input, none before
+            layers += [nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(c_in, c_out, kernel_size=2), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.3)]
             c_in, side = c_out, side // 2
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(

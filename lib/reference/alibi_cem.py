@@ -7,15 +7,18 @@ flatten is re-indexed from torch's CHW order to Keras' HWC order), check that bo
 outputs, and run alibi on them with the same hyper-parameters as ours.
 
 Environment: alibi 0.9.6 runs on TensorFlow 2.21 only with legacy Keras 2 (package ``tf-keras``,
-``TF_USE_LEGACY_KERAS=1`` set before TensorFlow is imported) and with eager execution disabled
-before any model is built. Both are process-wide switches, so :func:`tf_session` must be called
+``TF_USE_LEGACY_KERAS=1`` set before TensorFlow is imported) and with TF2 behaviour disabled
+(``tf.compat.v1.disable_v2_behavior()``) before any model is built. Both are process-wide switches, so :func:`tf_session` must be called
 before anything else imports TensorFlow in the process. Used by the CEM chapter and
 ``benchmarks/bench_cem.py``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,19 +31,51 @@ from lib.models.cem_mnist import CEMAutoencoder, CEMClassifier
 _TF = None
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the process's file descriptor 2 (C/C++ writes included) for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def tf_session():
     """Import TensorFlow in the mode alibi's CEM needs (legacy Keras, graph mode); return ``tf``."""
     global _TF
     if _TF is None:
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        import tensorflow as tf
+        with _quiet_stderr():  # TensorFlow's C++ start-up lines (with timestamps) go straight to fd 2
+            import tensorflow as tf
 
-        if tf.executing_eagerly():
-            tf.compat.v1.disable_eager_execution()
         tf.get_logger().setLevel("ERROR")
+        # alibi updates its two FISTA variables with two assign ops in one session.run, the second
+        # reading the first's variable. With TF2 resource variables (eager execution merely
+        # disabled) that read races with the write and alibi's iterates differ from run to run
+        # (seen here: 2 runs in 8). With TF1 reference variables, as alibi's own example sets up
+        # through disable_v2_behavior, they are reproducible and match lib.cem's to float32
+        # precision (tests/test_cem_reference.py).
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        if tf.executing_eagerly():
+            tf.compat.v1.disable_v2_behavior()
+        warnings.filterwarnings("ignore", message=".*state_updates.*", category=UserWarning)
+        warnings.filterwarnings("ignore", message="IProgress not found")  # alibi imports tqdm.auto
         _TF = tf
     return _TF
+
+
+def _fresh_graph() -> None:
+    """Start a new TF graph and session, so that runs do not share graph state."""
+    tf_session()
+    from tf_keras import backend
+
+    backend.clear_session()
 
 
 def _conv_weights(conv: nn.Conv2d) -> list[np.ndarray]:
@@ -128,7 +163,7 @@ def alibi_cem(classifier: CEMClassifier, x0: torch.Tensor, mode: str, config: CE
     """Explain each instance of ``x0`` with alibi's CEM (one instance per call, as alibi supports)."""
     if config.scores != "probs":
         raise ValueError("the reference works on the Keras model's softmax output: use scores='probs'")
-    tf_session()
+    _fresh_graph()
     from alibi.explainers import CEM
 
     kc = keras_classifier(classifier, softmax=True)
@@ -155,3 +190,22 @@ def alibi_cem(classifier: CEMClassifier, x0: torch.Tensor, mode: str, config: CE
     seconds = (time.perf_counter() - t0) / max(len(xs), 1)
     return ReferenceRun(mode, torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(found),
                         torch.from_numpy(pred), seconds)
+
+
+def alibi_last_iterate(classifier: CEMClassifier, x0: torch.Tensor, mode: str, config: CEMConfig,
+                       autoencoder: CEMAutoencoder | None = None) -> torch.Tensor:
+    """alibi's FISTA iterate ``x_K`` (its variable ``adv``) after ``config.max_iterations`` steps
+    with one value of c, for one instance: compare with the last iterate of :func:`lib.cem.fista_path`."""
+    if config.c_steps != 1 or x0.shape[0] != 1:
+        raise ValueError("compare one instance with c_steps=1")
+    _fresh_graph()
+    from alibi.explainers import CEM
+
+    kc = keras_classifier(classifier, softmax=True)
+    ka = keras_autoencoder(autoencoder) if (autoencoder is not None and config.gamma > 0) else None
+    cem = CEM(kc, mode=mode, shape=(1, 28, 28, 1), kappa=config.kappa, beta=config.beta,
+              feature_range=config.feature_range, gamma=config.gamma, ae_model=ka,
+              max_iterations=config.max_iterations, c_init=config.c_init, c_steps=1,
+              learning_rate_init=config.lr_init, clip=config.clip, no_info_val=config.no_info_val)
+    cem.explain(nchw_to_nhwc(x0))
+    return torch.from_numpy(cem.sess.run(cem.adv)).permute(0, 3, 1, 2).contiguous()

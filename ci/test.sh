@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# README's second command: set up the environment, then run every test.
+#   1. unit tests of lib/ and the ci/ scripts (tests/)
+#   2. execute every chapter (quick profile, papermill) and build the HTML book (warnings are errors)
+#   3. nbval: re-execute each chapter and compare every output with the first execution
+#      (timings and cache messages are sanitised by ci/nbval_sanitize.cfg; results are not)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+bash ci/setup.sh
+export OMP_WAIT_POLICY=PASSIVE TQDM_DISABLE=1 TF_CPP_MIN_LOG_LEVEL=3 PYTHONHASHSEED=0
+.venv/bin/python -m pytest tests -q -p no:cacheprovider --durations=5
+.venv/bin/python ci/build_book.py
+.venv/bin/python -m pytest -q -p no:cacheprovider --nbval chapters/*.ipynb \
+  --nbval-sanitize-with ci/nbval_sanitize.cfg --nbval-current-env --nbval-cell-timeout=1800
+echo "test: everything passed in $(( $(date +%s) - start )) s"

@@ -1,0 +1,22 @@
+"""Test isolation: every test session gets its own data cache, artifact cache and results folder,
+and never downloads (tests that exercise downloads serve files from a local folder)."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("XAI_DATA_HOME", str(tmp_path / "data-cache"))
+    monkeypatch.setenv("XAI_CACHE_DIR", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("XAI_RESULTS_DIR", str(tmp_path / "claims"))
+    monkeypatch.setenv("XAI_OFFLINE", "1")
+    for var in [v for v in os.environ if v.startswith("XAI_DATA_") and v != "XAI_DATA_HOME"]:
+        monkeypatch.delenv(var)
+    yield

@@ -1,0 +1,121 @@
+"""lib.cem: the invariants of pertinent negatives and positives, on a small model trained on real digits."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib.cem import CEMConfig, _shrink, cem_explain, changed_part, fista_path, reconstruction_error, sparsity
+from lib.data import load_mnist
+from lib.train import fit
+
+NO_INFO = -1.0
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    ds = load_mnist(verbose=False)
+    x, y = ds.x_train[:3000] - 0.5, ds.y_train[:3000]
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
+    fit(model, x, y, F.cross_entropy, epochs=3, batch_size=64, seed=0, progress=False)
+    ae = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 784), nn.Unflatten(1, (1, 28, 28)))
+    fit(ae, x, x, F.mse_loss, epochs=2, batch_size=64, seed=0, progress=False)
+    x0 = ds.x_test[:8] - 0.5
+    return model.eval(), ae.eval(), x0
+
+
+CFG = CEMConfig(c_steps=5, max_iterations=50, gamma=0.0)  # c reaches 1e4: enough to flip any digit
+
+
+def test_pn_only_adds_and_changes_the_class(setup):
+    model, _, x0 = setup
+    res = cem_explain(model, x0, "PN", CFG)
+    assert res.found.float().mean() >= 0.5  # a PN is found for most digits
+    x = res.explanation[res.found]
+    base = x0[res.found]
+    assert ((x - NO_INFO).abs() >= (base - NO_INFO).abs() - 1e-6).all()  # moved away from no-info only
+    assert x.min() >= -0.5 - 1e-6 and x.max() <= 0.5 + 1e-6  # inside the feature range
+    with torch.no_grad():
+        new_class = model(x).argmax(1)
+    assert (new_class != res.orig_pred[res.found]).all()  # the PN really changes the class
+    assert torch.equal(new_class, res.pred[res.found])
+    assert (res.pred[~res.found] == -1).all()
+
+
+def test_pp_only_removes_and_keeps_the_class(setup):
+    model, _, x0 = setup
+    res = cem_explain(model, x0, "PP", CFG)
+    assert res.found.float().mean() >= 0.5
+    d = res.explanation[res.found]
+    base = x0[res.found]
+    x = base - d  # the perturbed instance the PP was removed from
+    assert ((x - NO_INFO).abs() <= (base - NO_INFO).abs() + 1e-6).all()  # moved towards no-info only
+    assert x.min() >= -0.5 - 1e-6 and x.max() <= 0.5 + 1e-6
+    assert (d >= -1e-6).all()  # with no_info below the range, removing means darkening: d >= 0
+    with torch.no_grad():
+        assert (model(d).argmax(1) == res.orig_pred[res.found]).all()  # the PP alone keeps the class
+
+
+def test_every_fista_iterate_respects_range_and_direction(setup):
+    model, ae, x0 = setup
+    target = model(x0).argmax(1)
+    for mode in ("PN", "PP"):
+        cfg = CEMConfig(max_iterations=25, gamma=10.0)
+        for x, y in fista_path(model, x0, target, torch.full((len(x0),), 10.0), mode, cfg, ae):
+            for z in (x, y):
+                assert z.min() >= -0.5 - 1e-6 and z.max() <= 0.5 + 1e-6
+                farther = (z - NO_INFO).abs() > (x0 - NO_INFO).abs() + 1e-7
+                closer = (z - NO_INFO).abs() < (x0 - NO_INFO).abs() - 1e-7
+                assert not (closer if mode == "PN" else farther).any()
+
+
+def test_shrinkage_thresholding_by_hand():
+    x0 = torch.tensor([0.0, 0.0, 0.0, 0.4, -0.4])
+    y = torch.tensor([0.05, 0.3, -0.3, 0.6, -0.6])
+    # |y - x0| <= beta -> x0; above -> y - beta (capped at hi); below -> y + beta (floored at lo)
+    assert torch.allclose(_shrink(y, x0, 0.1, -0.5, 0.5), torch.tensor([0.0, 0.2, -0.2, 0.5, -0.5]))
+
+
+def test_batch_rows_are_independent(setup):
+    """Each instance has its own c and its own solution: explaining it alone gives the same answer."""
+    model, _, x0 = setup
+    cfg = CEMConfig(c_steps=2, max_iterations=20)
+    batch = cem_explain(model, x0[:4], "PN", cfg)
+    alone = cem_explain(model, x0[2:3], "PN", cfg)
+    assert torch.allclose(batch.explanation[2:3], alone.explanation, atol=1e-5)
+    assert torch.equal(batch.c_final[2:3], alone.c_final)
+
+
+def test_autoencoder_term_pulls_towards_reconstructions(setup):
+    model, ae, x0 = setup
+    without = cem_explain(model, x0, "PN", CFG)
+    with_ae = cem_explain(model, x0, "PN", CEMConfig(**{**CFG.asdict(), "gamma": 100.0}), autoencoder=ae)
+    both = without.found & with_ae.found
+    assert both.any()
+    assert reconstruction_error(ae, with_ae.explanation[both]).mean() < reconstruction_error(ae, without.explanation[both]).mean()
+
+
+def test_sparsity_counts_changed_pixels(setup):
+    model, _, x0 = setup
+    res = cem_explain(model, x0, "PN", CFG)
+    sp = sparsity(x0, res)
+    part = changed_part(x0, res)
+    i = int(res.found.nonzero()[0])
+    assert sp["L0"][i] == (part[i].abs() > 1e-6).sum()
+    assert torch.isclose(sp["L1"][i], part[i].abs().sum())
+    assert torch.isnan(sp["L0"][~res.found]).all()
+
+
+def test_bad_input_is_rejected(setup):
+    model, _, x0 = setup
+    with pytest.raises(ValueError, match="mode"):
+        cem_explain(model, x0, "XX", CFG)
+    with pytest.raises(ValueError, match="feature_range"):
+        cem_explain(model, x0 + 1.0, "PN", CFG)
+    with pytest.raises(ValueError, match="autoencoder"):
+        cem_explain(model, x0, "PN", CEMConfig(gamma=1.0))
+    with pytest.raises(ValueError, match="eval mode"):
+        cem_explain(model.train(), x0, "PN", CFG)
+    model.eval()
+    with pytest.raises(ValueError, match="invalid CEMConfig"):
+        CEMConfig(beta=-1.0)
