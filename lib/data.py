@@ -86,6 +86,7 @@ class DatasetSpec:
     sample_folder: str | None = None
     sample_resources: tuple[Resource, ...] = ()
     extract: bool = False  # the download is an archive to unpack into the cache folder
+    subdirs: tuple[str, ...] = ()  # where the files sit under a torchvision-style root (e.g. MNIST/raw)
 
     @property
     def env_var(self) -> str:
@@ -194,6 +195,7 @@ REGISTRY: dict[str, DatasetSpec] = {
         ),
         classes=tuple(str(i) for i in range(10)),
         reader=read_idx_folder,
+        subdirs=("MNIST/raw",),
         sample_folder="mnist-sample",
         sample_resources=_resources(
             _IDX_NAMES,
@@ -231,6 +233,7 @@ REGISTRY: dict[str, DatasetSpec] = {
         ),
         classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
         reader=read_idx_folder,
+        subdirs=("FashionMNIST/raw",),
         sample_folder="fashion-mnist-sample",
         sample_resources=_resources(
             _IDX_NAMES,
@@ -368,6 +371,10 @@ def _locate_explicit(spec: DatasetSpec, path: Path) -> Located:
         return Located(out, "explicit", _fingerprint(spec.resources))
     if path.is_file():
         raise DatasetNotFoundError(f"{spec.title}: expected a folder in the usual layout, got the file {path}.")
+    for sub in spec.subdirs:  # a torchvision root (e.g. ~/data with MNIST/raw/*.gz inside)
+        if (path / sub).is_dir():
+            path = path / sub
+            break
     # A folder: verify every registry file present in it (IDX layouts), else rely on the reader.
     present = [r for r in spec.resources if (path / r.filename).exists()]
     for r in present:

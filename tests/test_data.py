@@ -118,6 +118,13 @@ def test_explicit_path_with_wrong_content_is_an_error(tmp_path):
         load_mnist(path=folder)
 
 
+def test_torchvision_root_is_accepted(tmp_path, monkeypatch):
+    resources = tiny_idx_dataset(tmp_path / "MNIST" / "raw")
+    monkeypatch.setitem(data.REGISTRY, "mnist", replace(data.REGISTRY["mnist"], resources=resources))
+    ds = load_mnist(path=tmp_path)
+    assert ds.source == "explicit" and ds.folder == tmp_path / "MNIST" / "raw" and len(ds.y_train) == 30
+
+
 def test_explicit_missing_path_is_an_error_naming_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("XAI_DATA_MNIST", str(tmp_path / "nowhere"))
     with pytest.raises(DatasetNotFoundError, match="XAI_DATA_MNIST"):
