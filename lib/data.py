@@ -292,7 +292,7 @@ def verify(path: Path, resource: Resource) -> None:
 
 def _download(url: str, dest: Path, resource: Resource) -> None:
     """Download ``url`` to ``dest`` atomically, verifying the checksum before the final rename."""
-    from tqdm import tqdm
+    from lib.progress import progress_bar
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
@@ -300,7 +300,7 @@ def _download(url: str, dest: Path, resource: Resource) -> None:
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
+            with progress_bar(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
                 for chunk in iter(lambda: resp.read(1 << 20), b""):
                     out.write(chunk)
                     bar.update(len(chunk))

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from lib.progress import progress_bar
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -80,7 +80,7 @@ def fit(
     history: dict = {"train_loss": [], "val_loss": [], "epochs_run": 0, "best_epoch": None}
     best_val, best_state, stale = math.inf, None, 0
     n_batches = math.ceil(len(x) / batch_size)
-    bar = tqdm(total=epochs * n_batches, desc=desc, disable=not progress, leave=False, mininterval=1.0)
+    bar = progress_bar(total=epochs * n_batches, desc=desc, enabled=progress, leave=False, mininterval=1.0)
     for epoch in range(epochs):
         model.train()
         total, count = 0.0, 0

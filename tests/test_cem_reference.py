@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.cem import CEMConfig, fista_path
+from lib.cem import CEMConfig, cem_explain, fista_path
 from lib.data import load_mnist
 from lib.models.cem_mnist import CEMAutoencoder, CEMClassifier
 from lib.train import fit
@@ -36,23 +36,37 @@ def test_keras_copies_compute_the_same_functions(models, digit):
     assert ref.max_port_error(ae, ref.keras_autoencoder(ae), x, softmax=False) < 1e-5
 
 
-@pytest.mark.parametrize("gamma, c", [(0.0, 1e4), (100.0, 10.0)])
-def test_pn_iterates_match_alibi(models, digit, gamma, c):
-    """Same FISTA path: after 10 iterations the PN iterate agrees with alibi's to float32 precision."""
+@pytest.mark.parametrize("mode, gamma, c", [("PN", 100.0, 10.0)])
+def test_iterates_match_alibi(models, digit, mode, gamma, c):
+    """Same FISTA path: after 10 iterations our iterate agrees with alibi's to float32 precision."""
     cnn, ae = models
     cfg = CEMConfig(gamma=gamma, c_init=c, c_steps=1, max_iterations=10)
     target = cnn(digit).argmax(1)
-    *_, (ours, _) = fista_path(cnn, digit, target, torch.full((1,), cfg.c_init), "PN", cfg, ae)
+    *_, (ours, _) = fista_path(cnn, digit, target, torch.full((1,), cfg.c_init), mode, cfg, ae)
     assert (ours - digit).abs().max() > 1e-3  # the iterate has moved: the comparison is not vacuous
     for _ in range(3):  # alibi's iterates must be reproducible too (see lib.reference.alibi_cem)
-        theirs = ref.alibi_last_iterate(cnn, digit, "PN", cfg, ae)
+        theirs = ref.alibi_last_iterate(cnn, digit, mode, cfg, ae)
         assert (ours - theirs).abs().max() < 1e-4
 
 
-def test_pp_differs_only_through_maxpool_ties(models):
-    """A PP starts from the all-zero image. There, every max-pooling window is a tie, and TensorFlow
-    and torch route the gradient to different elements: the frameworks' gradients differ at zero
-    but agree on a real input. This is why PP iterates differ from the first step."""
+def test_whole_pp_search_matches_alibi_and_alibi_is_reproducible(models):
+    """A whole search over c (5 values, 100 iterations each) for three digits: the same PPs."""
+    cnn, ae = models
+    x = load_mnist(verbose=False).x_test[:3] - 0.5
+    cfg = CEMConfig(gamma=100.0, c_steps=5, max_iterations=100)
+    ours = cem_explain(cnn, x, "PP", cfg, autoencoder=ae)
+    first = ref.alibi_cem(cnn, x, "PP", cfg, autoencoder=ae)
+    second = ref.alibi_cem(cnn, x, "PP", cfg, autoencoder=ae)
+    assert torch.equal(first.explanation, second.explanation)  # reproducible (see _simultaneous_assign_session)
+    assert ours.found.all() and torch.equal(ours.found, first.found) and torch.equal(ours.pred, first.pred)
+    assert (ours.explanation - first.explanation).abs().max() < 1e-4
+
+
+def test_remaining_difference_is_maxpool_tie_breaking(models):
+    """Where a max-pooling window holds equal values (uniform background; the all-zero image a PP
+    starts from), TensorFlow and torch send the gradient to different elements. Off ties the
+    gradients agree. With a large c (>= 1e3) these few pixels change the FISTA path, so the two
+    implementations' explanations can then differ in detail (not in class)."""
     tf = ref.tf_session()
     cnn, _ = models
     kc = ref.keras_classifier(cnn)
@@ -64,9 +78,7 @@ def test_pp_differs_only_through_maxpool_ties(models):
         theirs = sess.run(grad_tf, {ph: ref.nchw_to_nhwc(x)})
         xx = x.clone().requires_grad_(True)
         (ours,) = torch.autograd.grad(cnn(xx).softmax(1)[:, 3].sum(), xx)
-        return float(abs(ref.nchw_to_nhwc(ours) - theirs).max()), float(abs(theirs).max())
+        return float(abs(ref.nchw_to_nhwc(ours) - theirs).max()) / float(abs(theirs).max())
 
-    gap_zero, scale_zero = gap(torch.zeros(1, 1, 28, 28))
-    gap_rand, scale_rand = gap(torch.rand(1, 1, 28, 28) - 0.5)
-    assert gap_rand < 1e-4 * max(scale_rand, 1e-6) + 1e-9
-    assert gap_zero > 1e-3 * scale_zero
+    assert gap(torch.rand(1, 1, 28, 28) - 0.5) < 1e-4  # no ties: same gradient
+    assert gap(torch.zeros(1, 1, 28, 28)) > 1e-3  # all ties

@@ -15,6 +15,7 @@ before anything else imports TensorFlow in the process. Used by the CEM chapter 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -55,27 +56,47 @@ def tf_session():
             import tensorflow as tf
 
         tf.get_logger().setLevel("ERROR")
-        # alibi updates its two FISTA variables with two assign ops in one session.run, the second
-        # reading the first's variable. With TF2 resource variables (eager execution merely
-        # disabled) that read races with the write and alibi's iterates differ from run to run
-        # (seen here: 2 runs in 8). With TF1 reference variables, as alibi's own example sets up
-        # through disable_v2_behavior, they are reproducible and match lib.cem's to float32
-        # precision (tests/test_cem_reference.py).
-        tf.config.threading.set_inter_op_parallelism_threads(1)
         if tf.executing_eagerly():
             tf.compat.v1.disable_v2_behavior()
         warnings.filterwarnings("ignore", message=".*state_updates.*", category=UserWarning)
         warnings.filterwarnings("ignore", message="IProgress not found")  # alibi imports tqdm.auto
+        logging.getLogger("alibi").setLevel(logging.ERROR)  # "No PN found!": our tables report it
         _TF = tf
     return _TF
 
 
-def _fresh_graph() -> None:
-    """Start a new TF graph and session, so that runs do not share graph state."""
-    tf_session()
-    from tf_keras import backend
+def _simultaneous_assign_session(tf, config):
+    """A TF1 session in which one ``run`` that fetches several assign ops computes all the values
+    to assign first and only then writes them (the simultaneous update FISTA needs).
 
+    alibi updates its two FISTA variables with two assign ops in one ``session.run``, the second
+    reading the variable the first writes. TensorFlow does not order the two, so the read sees
+    the old or the new value at random and alibi's iterates, and even its success rates, differ
+    from run to run (seen here; tests/test_cem_reference.py). With this session, which changes
+    nothing else, alibi is reproducible and its iterates match :func:`lib.cem.fista_path` to
+    float32 precision.
+    """
+
+    class SimultaneousAssignSession(tf.compat.v1.Session):
+        def run(self, fetches, feed_dict=None, options=None, run_metadata=None):
+            if isinstance(fetches, (list, tuple)):
+                assigns = [f for f in fetches if getattr(getattr(f, "op", None), "type", "") == "Assign"]
+                if len(assigns) > 1:
+                    targets = [a.op.inputs[1] for a in assigns]
+                    values = super().run(targets, feed_dict=feed_dict)
+                    feed_dict = {**(feed_dict or {}), **dict(zip(targets, values))}
+            return super().run(fetches, feed_dict=feed_dict, options=options, run_metadata=run_metadata)
+
+    return SimultaneousAssignSession(config=config)
+
+
+def _fresh_graph() -> None:
+    """Start a new TF graph with a :func:`_simultaneous_assign_session` as Keras' session."""
+    tf = tf_session()
+    backend = tf.compat.v1.keras.backend
     backend.clear_session()
+    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=torch.get_num_threads())
+    backend.set_session(_simultaneous_assign_session(tf, config))
 
 
 def _conv_weights(conv: nn.Conv2d) -> list[np.ndarray]:
