@@ -26,6 +26,8 @@ tensors of shape ``(N, n_blocks)``. Every baseline explains the model's predicte
 from __future__ import annotations
 
 import contextlib
+import io
+import warnings
 from typing import Iterator, Sequence, Union
 
 import numpy as np
@@ -55,6 +57,7 @@ __all__ = [
     "deepshap_blocks",
     "saliency_blocks",
     "integrated_gradients_blocks",
+    "quiet",
 ]
 
 Block = Union[int, Sequence[int]]
@@ -305,7 +308,7 @@ def lime_blocks(
     mapped back by taking the first channel. Returns ``(N, n_blocks)`` L1-normalised weights.
     """
     from lime import lime_image
-    from tqdm.auto import tqdm
+    from lib.progress import progress_bar
 
     n, c, h, w = x.shape
     if c not in (1, 3):
@@ -322,7 +325,7 @@ def lime_blocks(
 
     out = torch.zeros(n, n_b)
     with _lime_progress(lime_image, progress):
-        for i in tqdm(range(n), disable=not progress, desc="LIME"):
+        for i in progress_bar(range(n), enabled=progress, desc="LIME"):
             explainer = lime_image.LimeImageExplainer(
                 kernel_width=kernel_width, feature_selection="none", random_state=seed + i
             )
@@ -388,7 +391,7 @@ def shap_blocks(
     before image ``i``. Returns ``(N, n_blocks)`` L1-normalised SHAP values.
     """
     import shap
-    from tqdm.auto import tqdm
+    from lib.progress import progress_bar
 
     if output not in ("prob", "log_odds"):
         raise ValueError("output must be 'prob' or 'log_odds'")
@@ -397,7 +400,7 @@ def shap_blocks(
     targets = _targets(model, x, target)
     fill = torch.as_tensor(mask_value, dtype=x.dtype)
     out = torch.zeros(n, n_b)
-    for i in tqdm(range(n), disable=not progress, desc="SHAP"):
+    for i in progress_bar(range(n), enabled=progress, desc="SHAP"):
         xi, ti = x[i : i + 1], int(targets[i])
 
         def f(z: np.ndarray, xi: torch.Tensor = xi, ti: int = ti) -> np.ndarray:
@@ -483,3 +486,17 @@ def integrated_gradients_blocks(
             x, baselines=base, target=targets, n_steps=n_steps, internal_batch_size=internal_batch_size
         )
     return to_blocks(attr, block)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence Python warnings and anything written to ``sys.stdout``/``sys.stderr`` inside the block.
+
+    The CXPlain chapter computes the baselines inside this context, so that library chatter
+    (shap's and captum's warnings, LIME's messages) does not appear in a run that computes
+    them but not in a rerun that loads them from the cache (nbval compares both). Exceptions
+    still propagate.
+    """
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield

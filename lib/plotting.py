@@ -102,3 +102,20 @@ def scatter(ax: Axes, x, y, xlabel: str = "", ylabel: str = "", title: str = "",
 def new_figure(nrows: int = 1, ncols: int = 1, width: float = 3.0, height: float = 3.0, **kw):
     """``plt.subplots`` sized per panel; returns (fig, axes)."""
     return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, **kw)
+
+
+def mask_overlay(ax: Axes, x, mask, title: str = "", color: Sequence[float] = (1.0, 0.15, 0.1), alpha: float = 0.65) -> Figure:
+    """Image (CHW/HW) with the pixels where ``mask`` (H, W) is True tinted in ``color``.
+
+    Used by the CXPlain chapter to show which blocks an explanation masks (its top 10%).
+    """
+    a = _img(x).astype(float)
+    a = (a - a.min()) / (np.ptp(a) + 1e-12)
+    rgb = a.copy() if a.ndim == 3 else np.repeat(a[..., None], 3, axis=-1)
+    m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, dtype=bool)
+    rgb[m] = (1 - alpha) * rgb[m] + alpha * np.asarray(color, dtype=float)
+    ax.imshow(rgb, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax.figure

@@ -216,3 +216,42 @@ def test_baselines_generic_three_channel() -> None:
     assert lime_blocks(model, x, 4, num_samples=30, mask_value=0.5).shape == (1, 4)
     assert shap_blocks(model, x, 4, nsamples=20, mask_value=fill).shape == (1, 4)
     assert integrated_gradients_blocks(model, x, 4, baseline=fill, n_steps=4).shape == (1, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers of the CXPlain chapter: quiet() and the mask overlay
+# --------------------------------------------------------------------------------------------
+def test_quiet_silences_warnings_and_prints_but_not_errors(capsys) -> None:
+    import sys
+    import warnings
+
+    from lib.attributions import quiet
+
+    with quiet():
+        print("chatter")
+        print("more chatter", file=sys.stderr)
+        warnings.warn("library warning")
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+    with pytest.raises(RuntimeError, match="boom"), quiet():
+        raise RuntimeError("boom")
+    print("after")
+    assert capsys.readouterr().out == "after\n"
+
+
+def test_mask_overlay_tints_exactly_the_masked_pixels() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lib import plotting
+
+    x = torch.rand(1, 8, 8)
+    sel = top_k_blocks(torch.arange(16.0).view(1, 16), 0.25)  # the 4 last blocks
+    pix = blocks_to_pixels(sel, (8, 8), 2)[0]
+    fig, axes = plotting.new_figure(1, 1)
+    assert plotting.mask_overlay(axes[0, 0], x, pix, "t") is fig
+    rgb = axes[0, 0].get_images()[0].get_array()
+    grey = (x[0] - x.min()) / (x.max() - x.min())
+    tinted = ~np.isclose(rgb[..., 0], rgb[..., 2])
+    assert np.array_equal(tinted, pix.numpy())
+    np.testing.assert_allclose(rgb[~pix.numpy()][:, 1], grey[~pix].numpy(), atol=1e-6)

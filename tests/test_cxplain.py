@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 from torch import nn
 from torch.nn import functional as F
 
@@ -312,3 +313,140 @@ def test_omega_matches_reference_package() -> None:
     contrib = (sat[1].weight[1].view(1, 8, 8) * x[:, 0]).reshape(5, 4, 2, 4, 2).sum((2, 4)).reshape(5, 16)
     assert (ours_sat.std(1) > 0.01).all()
     assert np.array_equal(ours_sat.argmax(1), contrib.argmax(1).numpy())
+
+
+def test_reference_explainer_trains_and_agrees() -> None:
+    """The reference package's trained MLP explainer and ours learn the same block ranking on a toy problem."""
+    import importlib.util
+
+    if importlib.util.find_spec("cxplain") is None or importlib.util.find_spec("tf_keras") is None:
+        pytest.skip("reference package cxplain / tf-keras not installed")
+
+    from lib.reference.cxplain_ref import reference_explainer_subprocess
+
+    g = torch.Generator().manual_seed(0)
+    n = 400
+    on = torch.rand(n, 16, generator=g) < 0.5  # each 2x2 block of an 8x8 image carries ink or not
+    ink = on * (0.5 + 0.5 * torch.rand(n, 16, generator=g))
+    x = ink.view(n, 4, 4).repeat_interleave(2, 1).repeat_interleave(2, 2).unsqueeze(1)
+    w = torch.linspace(-1.5, 1.5, 16)[torch.randperm(16, generator=g)]  # block weights of both signs
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2)).eval()
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].weight[1] = (w.view(4, 4).repeat_interleave(2, 0).repeat_interleave(2, 1) / 4).flatten()
+        model[1].bias.copy_(torch.tensor([0.0, -float(model[1].weight[1] @ x.flatten(1).mean(0))]))
+        y = model(x).argmax(1)  # labels = the model's decisions
+    x_tr, y_tr, x_te, y_te = x[:300], y[:300], x[300:], y[300:]
+    truth = compute_omega(model, x_te, y_te, 2).numpy()
+
+    ref = reference_explainer_subprocess(model, x_tr, y_tr, x_te, "mlp", 2, num_layers=2, num_units=32, activation="selu",
+                                         p_dropout=0.0, learning_rate=1e-3, batch_size=32, num_epochs=60, verbose=0)
+    torch.manual_seed(0)
+    ours_model = MLPExplainer((1, 8, 8), 2, hidden=32, dropout=0.0)
+    train_explainer(ours_model, x_tr, compute_omega(model, x_tr, y_tr, 2), lr=1e-3, batch_size=32, max_epochs=60, progress=False)
+    ours = explain(ours_model, x_te).importance.numpy()
+    assert ref.shape == ours.shape == truth.shape == (100, 16)
+    np.testing.assert_allclose(ref.sum(1), 1.0, rtol=1e-4)  # a softmax over blocks, summed back from pixels
+
+    def mean_rho(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.nanmean([stats.spearmanr(a[i], b[i]).statistic for i in range(len(a))]))
+
+    assert mean_rho(ours, truth) > 0.6
+    assert mean_rho(ref, truth) > 0.6
+    assert mean_rho(ref, ours) > 0.6
+
+
+# --------------------------------------------------------------------------------------------
+# Skipping unchanged masked copies; search configurations; seeded explainers (CXPlain chapter)
+# --------------------------------------------------------------------------------------------
+class CountingModel(nn.Module):
+    """Wraps a model and counts the images it is called on."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.seen = inner, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += len(x)
+        return self.inner(x)
+
+
+def test_skip_unchanged_is_exact_and_skips_background_blocks() -> None:
+    torch.manual_seed(2)
+    x = torch.zeros(4, 1, 8, 8)
+    x[:, :, 2:6, 2:6] = torch.rand(4, 1, 4, 4) + 0.1  # ink in 4 of the 16 blocks (2x2) of each image
+    x[3] = 0.0  # an all-background image: every masked copy equals it
+    y = torch.tensor([0, 1, 2, 1])
+    model = CountingModel(toy_model())
+    skip, d_skip = compute_omega(model, x, y, 2, 0.0, return_delta=True)
+    assert model.seen == 4 + 3 * 4  # originals + only the masked copies that differ
+    model.seen = 0
+    full, d_full = compute_omega(model, x, y, 2, 0.0, skip_unchanged=False, return_delta=True)
+    assert model.seen == 4 * 17
+    np.testing.assert_allclose(skip.numpy(), full.numpy(), atol=1e-6)
+    np.testing.assert_allclose(d_skip.numpy(), d_full.numpy(), atol=1e-6)
+    ink_blocks = block_masks(x.shape, 2).unsqueeze(0).mul(x[:, 0].unsqueeze(1) > 0).flatten(2).any(-1)
+    assert (d_skip[~ink_blocks] == 0).all()  # unchanged copies: Delta exactly 0
+    np.testing.assert_allclose(skip[3].numpy(), 1 / 16)  # nothing to remove: uniform
+    # with a non-zero mask value nothing is skipped
+    model.seen = 0
+    compute_omega(model, x, y, 2, 0.5)
+    assert model.seen == 4 * 17
+
+
+def test_search_configs_start_with_the_paper_and_stay_in_range() -> None:
+    from lib.cxplain import PAPER_SELECTION, SEARCH_RANGES, search_configs, unet_depth
+
+    mlp = search_configs("mlp", 6, seed=3)
+    assert mlp[0] == PAPER_SELECTION["mlp"] and len(mlp) == 6
+    assert mlp == search_configs("mlp", 6, seed=3) and mlp != search_configs("mlp", 6, seed=4)
+    lo, hi = SEARCH_RANGES["mlp"]["hidden"]
+    assert all(lo <= c["hidden"] <= hi and 0 <= c["dropout"] <= 0.5 for c in mlp)
+    assert len({c["hidden"] for c in mlp}) > 3
+    assert all(c["lr"] == 1e-3 and c["batch_size"] == 100 and c["n_layers"] == 2 for c in mlp)
+    unet = search_configs("unet", 4, seed=0, max_filters=16)
+    assert unet[0]["base_filters"] == 16 and unet[0]["dropout"] == PAPER_SELECTION["unet"]["dropout"]
+    assert all(c["base_filters"] <= 16 and c["depth"] == 2 and c["lr"] == 2e-3 for c in unet)
+    assert search_configs("unet", 1)[0]["base_filters"] == 77
+    assert unet_depth(2) == 2 and unet_depth(16) == 4 and search_configs("unet", 1, block=16)[0]["depth"] == 4
+    with pytest.raises(ValueError):
+        search_configs("cnn", 1)  # type: ignore[arg-type]
+
+
+def test_build_explainer_is_seeded_without_touching_the_global_rng() -> None:
+    from lib.cxplain import build_explainer, search_configs
+
+    cfg = search_configs("mlp", 1)[0]
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    a = build_explainer("mlp", cfg, (1, 8, 8), 2, seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(123)
+    b = build_explainer("mlp", cfg, (1, 8, 8), 2, seed=5)
+    c = build_explainer("mlp", cfg, (1, 8, 8), 2, seed=6)
+    flat = lambda m: torch.cat([p.flatten() for p in m.parameters()])  # noqa: E731
+    assert torch.equal(flat(a), flat(b)) and not torch.equal(flat(a), flat(c))
+    torch.manual_seed(7)
+    d = build_explainer("mlp", cfg, (1, 8, 8), 2, seed=None)  # global RNG
+    torch.manual_seed(7)
+    e = build_explainer("mlp", cfg, (1, 8, 8), 2, seed=None)
+    assert torch.equal(flat(d), flat(e))
+    unet = build_explainer("unet", search_configs("unet", 1, max_filters=4, block=4)[0], (3, 16, 16), 4, seed=0)
+    assert unet(torch.rand(2, 3, 16, 16)).shape == (2, 16)
+
+
+def test_correlation_one_sided_p_and_block_subset() -> None:
+    rng = np.random.default_rng(1)
+    omega = rng.dirichlet(np.ones(30), size=20)
+    unc = rng.uniform(0, 1, size=omega.shape)
+    noisy = omega + 0.05 * unc * rng.standard_normal(omega.shape)
+    res = uncertainty_rank_correlation(unc, noisy, omega)
+    assert res.rho > 0 and res.pvalue_positive == pytest.approx(res.pvalue / 2)
+    neg = uncertainty_rank_correlation(-unc, noisy, omega)
+    assert neg.rho < 0 and neg.pvalue_positive == pytest.approx(1 - neg.pvalue / 2)
+    where = omega > np.median(omega)
+    sub = uncertainty_rank_correlation(unc, noisy, omega, where=where)
+    assert sub.n == int(where.sum())
+    expected = stats.spearmanr(unc[where], rank_error(noisy, omega)[where]).statistic
+    assert sub.rho == pytest.approx(expected)
+    assert np.isnan(uncertainty_rank_correlation(unc, noisy, omega, where=np.zeros_like(where)).rho)

@@ -66,6 +66,7 @@ __all__ = [
     "fit_reference_explainer",
     "reference_explain_blocks",
     "reference_omega_subprocess",
+    "reference_explainer_subprocess",
 ]
 
 KERAS_EPSILON = 1e-7
@@ -267,11 +268,52 @@ def reference_omega_subprocess(
             return [data[f"omega_{i}"] for i in range(len(jobs))]
 
 
+def reference_explainer_subprocess(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_explain: torch.Tensor,
+    builder: str = "mlp",
+    block: int = 2,
+    num_models: int = 1,
+    timeout: float = 900.0,
+    **builder_kwargs: object,
+) -> np.ndarray:
+    """Fit the reference ``CXPlain`` in a fresh process and return its block importance for ``x_explain``.
+
+    Runs :func:`fit_reference_explainer` (TF1 graph mode, which is process-wide, hence the
+    separate process) and :func:`reference_explain_blocks`; returns float32 ``(N, n_blocks)``.
+    Used by ``tests/test_cxplain.py`` to check that the reference's trained explanation model
+    and ours learn the same thing on a toy problem.
+    """
+    root = Path(__file__).resolve().parents[2]
+    job = {"kind": "explainer", "model": model, "x_train": x_train, "y_train": y_train, "x_explain": x_explain,
+           "builder": builder, "block": block, "num_models": num_models, "builder_kwargs": builder_kwargs}
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "job.pt", Path(tmp) / "importance.npz"
+        torch.save(job, src)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+        proc = subprocess.run(
+            [sys.executable, "-m", "lib.reference.cxplain_ref", str(src), str(dst)],
+            cwd=root, env=env, capture_output=True, text=True, timeout=timeout,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"reference subprocess failed:\n{proc.stderr[-4000:]}")
+        with np.load(dst) as data:
+            return data["importance"]
+
+
 def _main(argv: Sequence[str]) -> None:
-    """``python -m lib.reference.cxplain_ref JOBS.pt OUT.npz`` (used by :func:`reference_omega_subprocess`)."""
+    """``python -m lib.reference.cxplain_ref JOBS.pt OUT.npz`` (used by the ``*_subprocess`` functions)."""
     install_compat()
     torch.set_num_threads(1)  # the jobs are small; avoids oversubscription next to TensorFlow's pools
     jobs = torch.load(argv[0], weights_only=False)
+    if isinstance(jobs, dict) and jobs.get("kind") == "explainer":
+        explainer = fit_reference_explainer(jobs["model"], jobs["x_train"], jobs["y_train"], jobs["builder"], jobs["block"],
+                                            jobs["num_models"], **jobs["builder_kwargs"])
+        imp = reference_explain_blocks(explainer, jobs["x_explain"], jobs["block"])
+        np.savez(argv[1], importance=np.asarray(imp, dtype=np.float32))
+        return
     np.savez(argv[1], **{f"omega_{i}": reference_omega(m, x, y, b) for i, (m, x, y, b) in enumerate(jobs)})
 
 
