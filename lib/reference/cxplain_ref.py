@@ -253,19 +253,8 @@ def reference_omega_subprocess(
     session or notebook that imported TensorFlow with Keras 3). Models are passed with
     ``torch.save``, so their classes must be importable from the repository root.
     """
-    root = Path(__file__).resolve().parents[2]
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "jobs.pt", Path(tmp) / "omega.npz"
-        torch.save(list(jobs), src)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-        proc = subprocess.run(
-            [sys.executable, "-m", "lib.reference.cxplain_ref", str(src), str(dst)],
-            cwd=root, env=env, capture_output=True, text=True, timeout=timeout,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"reference subprocess failed:\n{proc.stderr[-4000:]}")
-        with np.load(dst) as data:
-            return [data[f"omega_{i}"] for i in range(len(jobs))]
+    data = _run_in_subprocess(list(jobs), timeout)
+    return [data[f"omega_{i}"] for i in range(len(jobs))]
 
 
 def reference_explainer_subprocess(
@@ -286,11 +275,16 @@ def reference_explainer_subprocess(
     Used by ``tests/test_cxplain.py`` to check that the reference's trained explanation model
     and ours learn the same thing on a toy problem.
     """
-    root = Path(__file__).resolve().parents[2]
     job = {"kind": "explainer", "model": model, "x_train": x_train, "y_train": y_train, "x_explain": x_explain,
            "builder": builder, "block": block, "num_models": num_models, "builder_kwargs": builder_kwargs}
+    return _run_in_subprocess(job, timeout)["importance"]
+
+
+def _run_in_subprocess(job: object, timeout: float) -> dict[str, np.ndarray]:
+    """Run :func:`_main` on ``job`` in a fresh Python process; return the arrays it saved."""
+    root = Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "job.pt", Path(tmp) / "importance.npz"
+        src, dst = Path(tmp) / "job.pt", Path(tmp) / "out.npz"
         torch.save(job, src)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
         proc = subprocess.run(
@@ -300,7 +294,7 @@ def reference_explainer_subprocess(
         if proc.returncode != 0:
             raise RuntimeError(f"reference subprocess failed:\n{proc.stderr[-4000:]}")
         with np.load(dst) as data:
-            return data["importance"]
+            return {k: data[k] for k in data.files}
 
 
 def _main(argv: Sequence[str]) -> None:
