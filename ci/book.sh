@@ -6,6 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 bash ci/setup.sh
-export OMP_WAIT_POLICY=PASSIVE TQDM_DISABLE=1 TF_CPP_MIN_LOG_LEVEL=3 PYTHONHASHSEED=0
 .venv/bin/python ci/build_book.py "$@"
 echo "book: _build/html/index.html ready in $(( $(date +%s) - start )) s"

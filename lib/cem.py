@@ -91,14 +91,6 @@ class CEMResult:
                          self.orig_pred[index], self.distance[index], self.c_final[index])
 
 
-def pn_delta(x0: torch.Tensor, result: CEMResult) -> torch.Tensor:
-    """The part a PN adds to ``x0`` (zero where no PN was found)."""
-    if result.mode != "PN":
-        raise ValueError("pn_delta needs a PN result")
-    d = result.explanation - x0
-    return d * result.found.view(-1, *[1] * (x0.ndim - 1))
-
-
 def _scores(model: nn.Module, x: torch.Tensor, kind: str) -> torch.Tensor:
     out = model(x)
     return out.softmax(dim=1) if kind == "probs" else out
