@@ -1,34 +1,48 @@
-"""Claims API: every chapter records what it tested, and code (not prose) decides the verdict.
+"""Claims and run records: every chapter records what it tested, and code (not prose) decides the verdict.
 
-A chapter makes one :class:`ClaimLog` and records each claim of the paper it reproduces::
+A chapter makes one :class:`ClaimLog` right after its parameters are resolved (this starts the run's
+clock), reports the numbers it shows, records each claim of the paper with the evidence for it, and
+saves the run record at the end::
 
-    log = ClaimLog("cem", profile=P.profile, full_data=not ds.is_sample)
-    log.claim("cem.accuracy", "The MNIST CNN reaches the reference test accuracy",
-              ours=acc, paper=0.9892, source="alibi CEM MNIST example",
-              rule=Within(0.005))
+    log = ClaimLog("cem", params=P, data=ds)
+    log.report("cnn_test_accuracy", test_acc)                      # shown, regression-checked
+    log.claim("cem.pn_success", "CEM finds a PN for almost every digit",
+              ours=proportion(k, n), rule=AtLeast(0.9, why="..."), paper="PNs shown for all examples",
+              source="Dhurandhar et al. 2018, Sec. 4, Fig. 2")
     log.table()      # shown in the chapter
-    log.save()       # _build/claims/cem.json, read by the scorecard chapter
+    log.save()       # the run record (lib.records), read by the scorecard and the regression check
 
-Verdicts: ``reproduced``, ``not reproduced``, or ``not testable here`` (the rule cannot be
-applied: no measurement, or a claim about paper scale measured on a quick run or a data sample,
-or an explicit :class:`NotTestable` reason).
+``ours`` is an :class:`lib.stats.Estimate` (value with a 95 % interval over the explained
+instances), a :class:`lib.stats.TestResult` (one-sided tests), or a plain value for what has no
+sampling error (a class, a flag, an exact count on fixed inputs). Verdicts:
+
+* ``reproduced``: the evidence supports the claim at the stated level (the whole interval on the
+  claimed side of the threshold, or the one-sided test significant);
+* ``not reproduced``: the evidence contradicts it (the whole interval on the other side, or the
+  opposite one-sided test significant, or an exact value that fails);
+* ``inconclusive``: neither, at this ``n`` (the detail says what was measured);
+* ``not testable here``: no measurement, an explicit :class:`NotTestable` reason, or a claim about
+  paper scale measured on a quick run or on a data sample (our value is still shown).
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE = "reproduced", "not reproduced", "not testable here"
+from lib import records
+from lib.stats import ALPHA, Estimate, TestResult, exact
+
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTABLE = "reproduced", "not reproduced", "inconclusive", "not testable here"
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTABLE)
 
 
 def _plain(v: Any) -> Any:
     """numpy/torch scalars and containers to plain Python (JSON-able) values."""
+    if isinstance(v, (Estimate, TestResult)):
+        return v.asdict()
     if hasattr(v, "item") and getattr(v, "ndim", 0) == 0:
         return v.item()
     if isinstance(v, Mapping):
@@ -41,6 +55,10 @@ def _plain(v: Any) -> Any:
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, (Estimate, TestResult)):
+        return str(v)
+    if isinstance(v, bool):
+        return str(v)
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, Mapping):
@@ -50,41 +68,57 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-class Rule:
-    """Decides whether our value reproduces the paper's. Subclasses implement ``judge``."""
+def _interval(ours: Any) -> Estimate:
+    if isinstance(ours, Estimate):
+        return ours
+    if isinstance(ours, (int, float)) and not isinstance(ours, bool):
+        return exact(ours)
+    raise TypeError(f"this rule needs a number or an lib.stats.Estimate, got {type(ours).__name__}")
 
-    def judge(self, ours: Any, paper: Any) -> tuple[bool, str]:
+
+class Rule:
+    """Decides a verdict from our evidence and the paper's value. Subclasses implement ``judge``.
+
+    ``why``: the reason for a threshold that is the book's own (shown with the rule).
+    """
+
+    why: str = ""
+
+    def judge(self, ours: Any, paper: Any) -> tuple[str, str]:
         raise NotImplementedError
 
     def describe(self) -> str:
         raise NotImplementedError
 
 
-@dataclass(frozen=True)
-class Within(Rule):
-    """|ours - paper| <= tol (absolute), or <= tol * |paper| when ``relative``."""
-
-    tol: float
-    relative: bool = False
-
-    def judge(self, ours, paper):
-        bound = self.tol * abs(paper) if self.relative else self.tol
-        gap = abs(ours - paper)
-        return gap <= bound, f"|{_fmt(ours)} - {_fmt(paper)}| = {gap:.3g} {'<=' if gap <= bound else '>'} {bound:.3g}"
-
-    def describe(self):
-        return f"within {self.tol:.0%} of the paper" if self.relative else f"within ±{self.tol:g} of the paper"
+def _side(est: Estimate, threshold: float, at_least: bool) -> tuple[str, str]:
+    """Verdict of 'est >= threshold' (or '<=') with its interval."""
+    if math.isnan(est.value):
+        return NOT_TESTABLE, "no measurement in this run"
+    op, neg = (">=", "<") if at_least else ("<=", ">")
+    if est.n is None:
+        ok = est.value >= threshold if at_least else est.value <= threshold
+        return (REPRODUCED if ok else NOT_REPRODUCED), f"{est.value:.4g} {op if ok else neg} {threshold:g} (exact)"
+    lo, hi = est.low, est.high
+    supported = lo >= threshold if at_least else hi <= threshold
+    contradicted = hi < threshold if at_least else lo > threshold
+    ival = f"{est.value:.4g}, 95% interval [{lo:.4g}, {hi:.4g}], n={est.n}"
+    if supported:
+        return REPRODUCED, f"{ival}: whole interval {op} {threshold:g}"
+    if contradicted:
+        return NOT_REPRODUCED, f"{ival}: whole interval {neg} {threshold:g}"
+    return INCONCLUSIVE, f"{ival}: the interval contains {threshold:g}"
 
 
 @dataclass(frozen=True)
 class AtLeast(Rule):
-    """ours >= threshold (the paper's value is shown for reference only)."""
+    """ours >= threshold, for the whole interval (reproduced) or for none of it (not reproduced)."""
 
     threshold: float
+    why: str = ""
 
     def judge(self, ours, paper):
-        ok = ours >= self.threshold
-        return ok, f"{_fmt(ours)} {'>=' if ok else '<'} {self.threshold:g}"
+        return _side(_interval(ours), self.threshold, at_least=True)
 
     def describe(self):
         return f">= {self.threshold:g}"
@@ -92,54 +126,97 @@ class AtLeast(Rule):
 
 @dataclass(frozen=True)
 class AtMost(Rule):
-    """ours <= threshold."""
+    """ours <= threshold, for the whole interval (reproduced) or for none of it (not reproduced)."""
 
     threshold: float
+    why: str = ""
 
     def judge(self, ours, paper):
-        ok = ours <= self.threshold
-        return ok, f"{_fmt(ours)} {'<=' if ok else '>'} {self.threshold:g}"
+        return _side(_interval(ours), self.threshold, at_least=False)
 
     def describe(self):
         return f"<= {self.threshold:g}"
 
 
 @dataclass(frozen=True)
+class Within(Rule):
+    """|ours - paper| <= tol (absolute; or tol * |paper| when ``relative``).
+
+    Reproduced when the whole interval lies in the band paper ± tol, not reproduced when it lies
+    wholly outside, inconclusive when it straddles an edge.
+    """
+
+    tol: float
+    relative: bool = False
+    why: str = ""
+
+    def judge(self, ours, paper):
+        est = _interval(ours)
+        if math.isnan(est.value):
+            return NOT_TESTABLE, "no measurement in this run"
+        bound = self.tol * abs(paper) if self.relative else self.tol
+        lo_b, hi_b = paper - bound, paper + bound
+        band = f"band {paper:.4g} ± {bound:.3g} = [{lo_b:.4g}, {hi_b:.4g}]"
+        if est.n is None:
+            ok = lo_b <= est.value <= hi_b
+            return (REPRODUCED if ok else NOT_REPRODUCED), f"{est.value:.4g} {'inside' if ok else 'outside'} the {band}"
+        ival = f"{est.value:.4g}, 95% interval [{est.low:.4g}, {est.high:.4g}], n={est.n}"
+        if lo_b <= est.low and est.high <= hi_b:
+            return REPRODUCED, f"{ival}: inside the {band}"
+        if est.high < lo_b or est.low > hi_b:
+            return NOT_REPRODUCED, f"{ival}: outside the {band}"
+        return INCONCLUSIVE, f"{ival}: straddles an edge of the {band}"
+
+    def describe(self):
+        return f"within {self.tol:.2%} of the paper" if self.relative else f"within ±{self.tol:g} of the paper"
+
+
+@dataclass(frozen=True)
 class Equals(Rule):
-    """ours == paper (e.g. a predicted class)."""
+    """ours == paper, for values without sampling error (a class, a flag)."""
+
+    why: str = ""
 
     def judge(self, ours, paper):
         ok = ours == paper
-        return ok, f"{_fmt(ours)} {'==' if ok else '!='} {_fmt(paper)}"
+        return (REPRODUCED if ok else NOT_REPRODUCED), f"{_fmt(ours)} {'==' if ok else '!='} {_fmt(paper)}"
 
     def describe(self):
         return "equal to the paper's"
 
 
 @dataclass(frozen=True)
-class Ordering(Rule):
-    """``ours`` maps names to values; the names sorted by value (descending unless ``ascending``)
-    must start with the order the paper reports, given as ``paper`` (a list of names)."""
+class Significant(Rule):
+    """A one-sided test (:class:`lib.stats.TestResult`): reproduced when the claimed direction is
+    significant at ``alpha``, not reproduced when the opposite direction is, inconclusive otherwise."""
 
-    ascending: bool = False
+    alpha: float = ALPHA
+    why: str = ""
 
     def judge(self, ours, paper):
-        ranked = sorted(ours, key=lambda k: ours[k], reverse=not self.ascending)
-        ok = ranked[: len(paper)] == list(paper)
-        return ok, "our order: " + " > ".join(ranked) if not self.ascending else "our order: " + " < ".join(ranked)
+        if not isinstance(ours, TestResult):
+            raise TypeError(f"Significant needs a lib.stats.TestResult, got {type(ours).__name__}")
+        if math.isnan(ours.p):
+            return NOT_TESTABLE, "no measurement in this run"
+        d = f"{ours.method}: p = {ours.p:.3g} (opposite direction {ours.p_opposite:.3g}), effect {ours.effect:.4g}, n={ours.n}"
+        if ours.p < self.alpha:
+            return REPRODUCED, f"{d}; significant at {self.alpha:g}"
+        if ours.p_opposite < self.alpha:
+            return NOT_REPRODUCED, f"{d}; the opposite direction is significant at {self.alpha:g}"
+        return INCONCLUSIVE, f"{d}; neither direction significant at {self.alpha:g}"
 
     def describe(self):
-        return "same ranking as the paper" + (" (ascending)" if self.ascending else "")
+        return f"one-sided test, alpha = {self.alpha:g}"
 
 
 @dataclass(frozen=True)
 class NotTestable(Rule):
-    """The claim cannot be tested here; ``reason`` says why (shown in the table)."""
+    """The claim cannot be tested here; ``reason`` says why (unreachable data, GPU-only scale)."""
 
     reason: str
 
     def judge(self, ours, paper):
-        return False, self.reason
+        return NOT_TESTABLE, self.reason
 
     def describe(self):
         return "not testable here"
@@ -153,6 +230,7 @@ class Claim:
     paper: Any
     source: str
     rule: str
+    why: str
     verdict: str
     detail: str
     requires_full: bool = False
@@ -160,17 +238,53 @@ class Claim:
 
 @dataclass
 class ClaimLog:
-    """The claims of one chapter run, with the context needed to read them."""
+    """The claims and reported numbers of one chapter run, and its run record.
+
+    ``params``: the chapter's resolved parameters (must include ``profile`` and ``seed``);
+    ``data``: the :class:`lib.data.Dataset` the run used (or ``None``; then ``full_data`` says).
+    """
 
     chapter: str
-    profile: str
-    full_data: bool
-    results_dir: Path | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    data: Any = None
+    full_data: bool | None = None
     claims: list[Claim] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    datasets: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for need in ("profile", "seed"):
+            if need not in self.params:
+                raise ValueError(f"ClaimLog({self.chapter!r}): params must include {need!r} (pass the resolved parameters P)")
+        self._t0 = time.perf_counter()
+        self._started = records.now_utc()
+        if self.data is not None:
+            self.add_data(self.data)
+
+    @property
+    def profile(self) -> str:
+        return self.params["profile"]
+
+    def add_data(self, ds: Any, name: str | None = None) -> None:
+        """Record a dataset the run used (full or sample, fingerprint, sizes)."""
+        info = {"name": getattr(ds, "name", name), "source": getattr(ds, "source", None),
+                "sample": bool(getattr(ds, "is_sample", False)), "fingerprint": getattr(ds, "fingerprint", None)}
+        for split in ("x_train", "x_test"):
+            if hasattr(ds, split):
+                info[f"n_{split[2:]}"] = len(getattr(ds, split))
+        self.datasets[name or info["name"] or f"data{len(self.datasets)}"] = info
+        self.full_data = all(not d["sample"] for d in self.datasets.values())
 
     @property
     def full_scale(self) -> bool:
-        return self.profile == "full" and self.full_data
+        return self.profile == "full" and bool(self.full_data)
+
+    def report(self, name: str, value: Any) -> Any:
+        """Record a number (or a small table of numbers) the chapter shows; it is regression-checked."""
+        if name in self.outputs:
+            raise ValueError(f"output {name!r} reported twice")
+        self.outputs[name] = _plain(value)
+        return value
 
     def claim(
         self,
@@ -184,48 +298,58 @@ class ClaimLog:
         requires_full: bool = False,
         verbose: bool = True,
     ) -> Claim:
-        """Record one claim; the verdict is computed by ``rule``.
+        """Record one claim; the verdict is computed by ``rule`` from ``ours`` (see the module docstring).
 
-        ``requires_full``: the paper's value is about paper-scale training/data, so a quick run
-        or a run on the committed data sample is reported as "not testable here" (our value is
-        still shown).
+        ``source`` names where the claim and the paper's value come from: the paper and its
+        section/figure, or a repository file with its commit. ``requires_full``: the claim is about
+        paper-scale training or data, so a quick run or a run on the committed sample is reported as
+        "not testable here" (our value and what the verdict would be are still shown).
         """
         if any(c.id == id for c in self.claims):
             raise ValueError(f"claim id {id!r} recorded twice")
-        if paper is not None and not source and not isinstance(rule, NotTestable):
-            raise ValueError(f"claim {id!r}: a paper value needs its source")
-        ours, paper = _plain(ours), _plain(paper)
+        if not source and not isinstance(rule, NotTestable):
+            raise ValueError(f"claim {id!r}: name its source (paper section/figure, or repository file and commit)")
+        if "issue" in source.lower():
+            raise ValueError(f"claim {id!r}: cite the paper or the reference code, not an issue ({source!r})")
         if isinstance(rule, NotTestable):
             verdict, detail = NOT_TESTABLE, rule.reason
         elif ours is None or (isinstance(ours, float) and math.isnan(ours)):
             verdict, detail = NOT_TESTABLE, "no measurement in this run"
         else:
-            ok, detail = rule.judge(ours, paper)
-            verdict = REPRODUCED if ok else NOT_REPRODUCED
-            if requires_full and not self.full_scale:
+            verdict, detail = rule.judge(ours, paper)
+            if requires_full and not self.full_scale and verdict != NOT_TESTABLE:
                 detail = (
                     f"{detail}; would be '{verdict}', but the claim is about paper scale and this run is "
                     f"profile={self.profile} on {'the full data' if self.full_data else 'the committed data sample'}"
                 )
                 verdict = NOT_TESTABLE
-        c = Claim(id, statement, ours, paper, source, rule.describe(), verdict, detail, requires_full)
+        c = Claim(id, statement, _plain(ours), _plain(paper), source, rule.describe(), getattr(rule, "why", ""),
+                  verdict, detail, requires_full)
         self.claims.append(c)
         if verbose:
-            ref = f" | paper {_fmt(paper)} ({source})" if paper is not None else ""
-            print(f"[{verdict.upper()}] {id}: ours {_fmt(ours)}{ref} -- {detail}")
+            ref = f" | paper {_fmt(c.paper)} ({source})" if paper is not None else ""
+            print(f"[{verdict.upper()}] {id}: {detail}{ref}")
         return c
 
     def table(self):
         """The claims as a pandas DataFrame (one row per claim)."""
         import pandas as pd
 
+        def ours_text(c: Claim) -> str:
+            o = c.ours
+            if isinstance(o, dict) and {"value", "low", "high", "n"} <= set(o):
+                return str(Estimate(**o))
+            if isinstance(o, dict) and {"p", "p_opposite", "n"} <= set(o):
+                return str(TestResult(**o))
+            return _fmt(o)
+
         rows = [
             {
                 "claim": c.id,
                 "statement": c.statement,
                 "paper": _fmt(c.paper) if c.paper is not None else "",
-                "ours": _fmt(c.ours),
-                "rule": c.rule,
+                "ours": ours_text(c),
+                "rule": c.rule + (f" ({c.why})" if c.why else ""),
                 "verdict": c.verdict,
                 "source": c.source,
             }
@@ -233,25 +357,34 @@ class ClaimLog:
         ]
         return pd.DataFrame(rows).set_index("claim")
 
-    def save(self) -> Path:
-        """Write the claims to ``<results_dir>/<chapter>.json`` atomically; return the path."""
-        folder = Path(self.results_dir or os.environ.get("XAI_RESULTS_DIR", REPO_ROOT / "_build" / "claims"))
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.chapter}.json"
-        doc = {
+    def verdict_counts(self) -> dict[str, int]:
+        return {v: sum(c.verdict == v for c in self.claims) for v in VERDICTS}
+
+    def record(self) -> dict:
+        """The run record (see :mod:`lib.records`)."""
+        return {
+            "schema": records.SCHEMA,
             "chapter": self.chapter,
             "profile": self.profile,
+            "seed": self.params["seed"],
+            "parameters": _plain(dict(self.params)),
+            "data": self.datasets,
             "full_data": self.full_data,
+            "versions": records.versions(),
+            "hardware": records.hardware(),
+            "git": records.git_commit(),
+            "started": self._started.isoformat(timespec="seconds"),
+            "duration_s": round(time.perf_counter() - self._t0, 1),
+            "outputs": self.outputs,
             "claims": [asdict(c) for c in self.claims],
+            "verdicts": self.verdict_counts(),
         }
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2, default=str)
-        os.replace(tmp, path)
-        return path
+
+    def save(self) -> Path:
+        """Write the run record to a new file (never replacing another run's); return its path."""
+        return records.write_record(records.record_path(self.chapter, self._started), self.record())
 
 
-def load_claims(results_dir: Path | None = None) -> list[dict]:
-    """All saved chapter claim files (for the scorecard chapter)."""
-    folder = Path(results_dir or os.environ.get("XAI_RESULTS_DIR", REPO_ROOT / "_build" / "claims"))
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+def load_claims(folder: Path | str | None = None) -> list[dict]:
+    """The run records under ``folder`` (default: the book's own, ``_build/records``), oldest first."""
+    return records.load_records(folder)
