@@ -6,8 +6,11 @@ ResNet-20 and explanation models) and reuses them on the next run. An artifact i
     $XAI_CACHE_DIR/<name>/<key>.pt       (default cache root: <repo>/.xai-cache)
     $XAI_CACHE_DIR/<name>/<key>.sha256   (digest of the .pt, written after it)
 
-where ``key`` is a hash of (name, config, data fingerprint). Change any hyper-parameter or the
-data and the key changes, so a stale model is never loaded. Both files are written to a
+where ``key`` is a hash of (name, config, data fingerprint, code fingerprint). The code
+fingerprint hashes the source files of the code that builds and trains the artifact (the objects
+or modules passed as ``code``; :func:`cached_model` adds the model class's module itself). Change
+any hyper-parameter, the data or that code and the key changes, so a stale model is never loaded;
+editing unrelated code keeps the cached artifact. Both files are written to a
 temporary name and renamed into place, so an interrupted run never leaves a half-written
 artifact. On load, a missing digest, a digest mismatch or a file that ``torch.load`` rejects
 marks the artifact as corrupt: it is removed with a warning and rebuilt. Loading uses
@@ -16,13 +19,15 @@ marks the artifact as corrupt: it is removed with a warning and rebuilt. Loading
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from types import ModuleType
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -49,10 +54,76 @@ def _canonical(obj: Any) -> Any:
     raise TypeError(f"config values must be JSON-like (str, number, bool, None, list, dict); got {type(obj).__name__}")
 
 
-def artifact_key(name: str, config: Mapping[str, Any], data_fingerprint: str = "") -> str:
-    """Hash of (name, config, data fingerprint): the artifact's identity."""
-    blob = json.dumps({"name": name, "config": _canonical(config), "data": data_fingerprint}, sort_keys=True)
+def _source_file(obj: Any) -> Path:
+    """The source file that defines ``obj`` (a module, class, function, method or instance)."""
+    target = obj
+    if not isinstance(obj, (ModuleType, type)) and not callable(obj):
+        target = type(obj)
+    if isinstance(target, (staticmethod, classmethod)):
+        target = target.__func__
+    target = inspect.unwrap(target) if callable(target) else target
+    try:
+        path = inspect.getsourcefile(target)
+    except TypeError:
+        path = None
+    if path is None:
+        raise TypeError(f"cannot find the source file of {obj!r}: pass a module, class or function defined in a .py file")
+    return Path(path).resolve()
+
+
+def code_fingerprint(code: Iterable[Any]) -> str:
+    """Hash of the source files that define ``code`` (modules, classes, functions).
+
+    Only files inside this repository count (a change to an installed library is covered by the
+    pinned requirements); objects defined in a notebook cell have no file here and are skipped, so
+    pass the library functions they call. Whole files are hashed: editing any function of a module
+    that builds an artifact re-creates it, editing another module does not.
+    """
+    files: set[Path] = set()
+    for obj in code:
+        try:
+            path = _source_file(obj)
+        except TypeError:
+            if callable(obj) and getattr(obj, "__module__", None) in ("__main__", None):
+                continue  # a lambda or function of the chapter itself
+            raise
+        if REPO_ROOT in path.parents:
+            files.add(path)
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(str(path.relative_to(REPO_ROOT)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:20] if files else ""
+
+
+def artifact_key(name: str, config: Mapping[str, Any], data_fingerprint: str = "", code_fp: str = "") -> str:
+    """Hash of (name, config, data fingerprint, code fingerprint): the artifact's identity."""
+    doc = {"name": name, "config": _canonical(config), "data": data_fingerprint}
+    if code_fp:
+        doc["code"] = code_fp
+    blob = json.dumps(doc, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def flush_subnormal_(module: nn.Module) -> int:
+    """Set subnormal floating parameters and buffers of ``module`` to zero, in place; return how many.
+
+    Weight decay drives unused weights towards zero until they become subnormal (for float32,
+    0 < |w| < 1.18e-38). The outputs do not change measurably (such a weight contributes less
+    than 1e-38 to a sum), but x86 CPUs compute with subnormal operands many times slower, so a
+    trained network can be several times slower than a fresh one. :func:`cached_model` calls this
+    after training and after loading.
+    """
+    count = 0
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            if t.is_floating_point():
+                sub = (t != 0) & (t.abs() < torch.finfo(t.dtype).tiny)
+                n = int(sub.sum())
+                if n:
+                    t.masked_fill_(sub, 0.0)
+                    count += n
+    return count
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -116,9 +187,13 @@ class ArtifactCache:
         _atomic_write(pt, lambda p: torch.save(payload, p))
         _atomic_write(digest, lambda p: p.write_text(_sha256(pt) + "\n"))
 
-    def get_or_create(self, name: str, config: Mapping[str, Any], create: Callable[[], dict], data_fingerprint: str = "") -> tuple[dict, bool]:
-        """Return ``(payload, from_cache)``; ``create()`` runs only when no valid artifact exists."""
-        key = artifact_key(name, config, data_fingerprint)
+    def get_or_create(self, name: str, config: Mapping[str, Any], create: Callable[[], dict], data_fingerprint: str = "",
+                      code: Iterable[Any] = ()) -> tuple[dict, bool]:
+        """Return ``(payload, from_cache)``; ``create()`` runs only when no valid artifact exists.
+
+        ``code``: the functions, classes or modules that compute the payload (see :func:`code_fingerprint`).
+        """
+        key = artifact_key(name, config, data_fingerprint, code_fingerprint(code))
         payload = self.load(name, key)
         if payload is not None:
             return payload, True
@@ -135,6 +210,7 @@ def cached_model(
     data_fingerprint: str = "",
     cache: ArtifactCache | None = None,
     verbose: bool = True,
+    code: Iterable[Any] = (),
 ) -> tuple[nn.Module, dict]:
     """Build a model and train it, or load its trained weights from the cache.
 
@@ -142,6 +218,11 @@ def cached_model(
     a dict of plain values (e.g. the loss history) that is stored with the weights, so that a
     chapter prints the same summary whether the model was trained now or loaded. Returns
     ``(model in eval mode, info)``; ``info['from_cache']`` tells which happened.
+
+    ``code``: the functions or modules that train the model (e.g. ``[lib.train.fit]``); with the
+    module of the model's class they form the key's code fingerprint, so editing the architecture or
+    the training loop retrains. Subnormal weights are zeroed after training and after loading
+    (:func:`flush_subnormal_`); ``info['subnormal_zeroed']`` counts them.
     """
     cache = cache or ArtifactCache()
     model = build()
@@ -149,10 +230,15 @@ def cached_model(
     def create() -> dict:
         t0 = time.perf_counter()
         info = train(model)
-        return {"state_dict": model.state_dict(), "info": {**(info or {}), "train_seconds": time.perf_counter() - t0}}
+        zeroed = flush_subnormal_(model)
+        return {"state_dict": model.state_dict(),
+                "info": {**(info or {}), "train_seconds": time.perf_counter() - t0, "subnormal_zeroed": zeroed}}
 
-    payload, hit = cache.get_or_create(name, config, create, data_fingerprint)
+    payload, hit = cache.get_or_create(name, config, create, data_fingerprint, code=[type(model), *code])
     if hit:
+        stored = {t.dtype for t in payload["state_dict"].values() if torch.is_tensor(t) and t.is_floating_point()}
+        if len(stored) == 1:
+            model.to(stored.pop())  # e.g. a model trained in float64 is loaded in float64
         try:
             model.load_state_dict(payload["state_dict"])
         except (RuntimeError, KeyError) as err:
@@ -161,6 +247,7 @@ def cached_model(
                 f"The architecture changed without a config change: delete {cache.paths(name, payload['__key__'])[0]} "
                 "or add the change to the config."
             ) from err
+        flush_subnormal_(model)
     info = dict(payload["info"])
     info["from_cache"] = hit
     info["key"] = payload["__key__"]

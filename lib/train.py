@@ -26,10 +26,13 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None):
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: str = "cpu") -> torch.Tensor:
-    """Model outputs for ``x`` in eval mode, batched; returned on the CPU."""
+    """Model outputs for ``x`` in eval mode, batched; returned on the CPU (inputs are cast to the
+    model's floating dtype)."""
     was_training = model.training
     model.eval()
-    out = torch.cat([model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+    p = next(model.parameters(), None)
+    dtype = p.dtype if p is not None and x.is_floating_point() else x.dtype
+    out = torch.cat([model(x[i : i + batch_size].to(device=device, dtype=dtype)).cpu() for i in range(0, len(x), batch_size)])
     model.train(was_training)
     return out
 
@@ -62,6 +65,7 @@ def fit(
     device: str = "cpu",
     desc: str = "train",
     progress: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> dict:
     """Train ``model`` in place with Adam; return a history of plain values.
 
@@ -69,12 +73,22 @@ def fit(
     stops after that many epochs without improvement and the best weights are restored (early
     stopping as in the CXPlain paper's target model). ``y`` is the target for ``loss_fn``; for an
     auto-encoder pass ``y=x``.
+
+    ``dtype``: train in this floating dtype (the model is converted and left in it; floating
+    inputs and targets are cast per batch). Small CPU models trained in ``torch.float64`` give
+    the same weights on every x86 CPU to many digits, where float32 training amplifies the last-bit
+    differences between vector kernels (AVX2 vs AVX-512) into different models.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
     if patience is not None and x_val is None:
         raise ValueError("early stopping (patience) needs a validation set")
-    model.to(device)
+    model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        t = t.to(device)
+        return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     history: dict = {"train_loss": [], "val_loss": [], "epochs_run": 0, "best_epoch": None}
@@ -85,7 +99,7 @@ def fit(
         model.train()
         total, count = 0.0, 0
         for idx in _batches(len(x), batch_size, gen):
-            xb, yb = x[idx].to(device), y[idx].to(device)
+            xb, yb = cast(x[idx]), cast(y[idx])
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
             loss.backward()
@@ -96,7 +110,7 @@ def fit(
         history["train_loss"].append(total / count)
         history["epochs_run"] = epoch + 1
         if x_val is not None:
-            val = evaluate_loss(model, x_val, y_val, loss_fn, device=device)
+            val = evaluate_loss(model, cast(x_val), cast(y_val), loss_fn, device=device)
             history["val_loss"].append(val)
             bar.set_postfix(train=f"{total / count:.4f}", val=f"{val:.4f}")
             if val < best_val:
