@@ -10,6 +10,10 @@ chapter is re-executed only when its execution key changes: a hash of the chapte
 file under ``lib/``, ``requirements.txt`` and the parameters. So, unlike Jupyter Book's own
 cache (which keys on code cells only), a change in ``lib/`` re-executes the chapters.
 The HTML book is then built by Jupyter Book from the executed notebooks, with warnings as errors.
+
+Each execution writes the chapter's run record to ``_build/records/`` (a new file every time;
+the executed notebook's metadata names it, and ``ci/baselines.py`` checks it against the
+committed regression baseline).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -76,8 +81,10 @@ def execute(source: Path, params: dict, force: bool) -> tuple[str, float]:
         return "up to date", 0.0
     tmp = out.with_name(f".{out.stem}.running.ipynb")
     args = [a for k, v in params.items() for a in ("-p", k, str(v))]
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    record = REPO / "_build" / "records" / f"{source.stem}.{stamp}-{secrets.token_hex(3)}.record.json"
     t0 = time.perf_counter()
-    code = run_chapter.run(source, tmp, args + ["--no-progress-bar"], env=HEADLESS_ENV)
+    code = run_chapter.run(source, tmp, args + ["--no-progress-bar"], env={**HEADLESS_ENV, "XAI_RECORD_PATH": str(record)})
     seconds = time.perf_counter() - t0
     if code != 0:
         failed = REPO / "_build" / "failed" / out.name
@@ -85,8 +92,12 @@ def execute(source: Path, params: dict, force: bool) -> tuple[str, float]:
         if tmp.exists():
             os.replace(tmp, failed)
         raise SystemExit(f"build_book: {source.relative_to(REPO)} failed after {seconds:.0f} s; the partly executed notebook is {failed}")
+    if not record.exists():
+        raise SystemExit(f"build_book: {source.relative_to(REPO)} ran but wrote no run record ({record}); "
+                         "every chapter must end with log.save()")
     nb = nbformat.read(tmp, as_version=4)
-    nb.metadata["xai_book"] = {"execution_key": key, "parameters": params, "seconds": round(seconds, 1)}
+    nb.metadata["xai_book"] = {"execution_key": key, "parameters": params, "seconds": round(seconds, 1),
+                               "record": str(record.relative_to(REPO))}
     nbformat.write(nb, tmp)
     os.replace(tmp, out)
     return "executed", seconds

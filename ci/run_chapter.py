@@ -9,6 +9,11 @@ Every option after the two paths is passed to papermill unchanged (``-p NAME VAL
 ``-y YAML``, ``-f params.yaml``, ``--cwd``...). The chapter runs with ``chapters/`` as its
 working directory unless ``--cwd`` is given. A bad parameter stops the run at the chapter's
 parameter check with a message naming the parameter and its valid values.
+
+The chapter's run record (parameters, data fingerprint, versions, hardware, commit, duration,
+claims; see ``lib/records.py``) is written next to the output notebook as
+``OUTPUT-STEM.<start time>-<random>.record.json``, or into the folder given by
+``--record-dir DIR`` (an option of this script, not of papermill). A record never replaces another.
 """
 from __future__ import annotations
 
@@ -31,8 +36,12 @@ def to_notebook(source: Path) -> nbformat.NotebookNode:
     return nb
 
 
-def run(source: Path, output: Path, papermill_args: list[str], env: dict | None = None) -> int:
-    """Execute ``source`` into ``output``; returns papermill's exit code."""
+def run(source: Path, output: Path, papermill_args: list[str], env: dict | None = None, record_dir: Path | None = None) -> int:
+    """Execute ``source`` into ``output``; returns papermill's exit code.
+
+    The run record goes to ``record_dir`` (default: the output's folder) unless ``env`` sets
+    ``XAI_RECORD_PATH`` or ``XAI_RECORD_DIR`` itself.
+    """
     if not source.exists():
         print(f"run_chapter: {source} does not exist", file=sys.stderr)
         return 2
@@ -46,14 +55,24 @@ def run(source: Path, output: Path, papermill_args: list[str], env: dict | None 
         args = [sys.executable, "-m", "papermill", str(unexecuted), str(output), "--kernel", "python3"]
         if "--cwd" not in papermill_args:
             args += ["--cwd", str(source.resolve().parent)]
-        return subprocess.call(args + papermill_args, env={**os.environ, **(env or {})})
+        base = {k: v for k, v in os.environ.items() if k != "XAI_RECORD_PATH"}
+        record_env = {"XAI_RECORD_DIR": str((record_dir or output.parent).resolve()), "XAI_RECORD_NAME": output.stem}
+        return subprocess.call(args + papermill_args, env={**base, **record_env, **(env or {})})
 
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2 or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return run(Path(argv[0]), Path(argv[1]), argv[2:])
+    rest, record_dir = list(argv[2:]), None
+    if "--record-dir" in rest:
+        i = rest.index("--record-dir")
+        if i + 1 >= len(rest):
+            print("run_chapter: --record-dir needs a folder", file=sys.stderr)
+            return 2
+        record_dir = Path(rest[i + 1])
+        del rest[i : i + 2]
+    return run(Path(argv[0]), Path(argv[1]), rest, record_dir=record_dir)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # README's second command: set up the environment, then run every test.
 #   1. unit tests of lib/ and the ci/ scripts (tests/)
-#   2. execute every chapter (quick profile, papermill) and build the HTML book (warnings are errors)
-#   3. nbval: re-execute each chapter and compare every output with the first execution
-#      (timings and cache messages are sanitised by ci/nbval_sanitize.cfg; results are not)
+#   2. execute every chapter (quick profile, papermill) and build the HTML book (warnings are errors);
+#      each execution writes a run record to _build/records/
+#   3. regression check: every number and verdict each chapter reported against its committed
+#      baseline ci/baselines/<chapter>.json (tolerances and their reasons in that file); a moved
+#      number fails and is named with both values. Accept intended changes with
+#      `python ci/baselines.py accept CHAPTER` and review `git diff ci/baselines`.
+#   4. nbval: re-execute each chapter and compare every output with the first execution of this run
+#      (determinism on this machine; timings and cache messages are sanitised by ci/nbval_sanitize.cfg)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -11,6 +16,7 @@ bash ci/setup.sh
 export OMP_WAIT_POLICY=PASSIVE TQDM_DISABLE=1 TF_CPP_MIN_LOG_LEVEL=3 PYTHONHASHSEED=0
 .venv/bin/python -m pytest tests -q -p no:cacheprovider --durations=5
 .venv/bin/python ci/build_book.py
+.venv/bin/python -m pytest ci/check_regression.py -q -p no:cacheprovider
 .venv/bin/python -m pytest -q -p no:cacheprovider --nbval chapters/*.ipynb \
   --nbval-sanitize-with ci/nbval_sanitize.cfg --nbval-current-env --nbval-cell-timeout=1800
 echo "test: everything passed in $(( $(date +%s) - start )) s"

@@ -1,4 +1,4 @@
-"""Test isolation: every test session gets its own data cache, artifact cache and results folder,
+"""Test isolation: every test session gets its own data cache, artifact cache and run-record folder,
 and never downloads (tests that exercise downloads serve files from a local folder)."""
 import os
 import sys
@@ -15,7 +15,9 @@ if str(REPO) not in sys.path:
 def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("XAI_DATA_HOME", str(tmp_path / "data-cache"))
     monkeypatch.setenv("XAI_CACHE_DIR", str(tmp_path / "artifacts"))
-    monkeypatch.setenv("XAI_RESULTS_DIR", str(tmp_path / "claims"))
+    monkeypatch.setenv("XAI_RECORD_DIR", str(tmp_path / "records"))
+    monkeypatch.delenv("XAI_RECORD_PATH", raising=False)
+    monkeypatch.delenv("XAI_RECORD_NAME", raising=False)
     monkeypatch.setenv("XAI_OFFLINE", "1")
     for var in [v for v in os.environ if v.startswith("XAI_DATA_") and v != "XAI_DATA_HOME"]:
         monkeypatch.delenv(var)
