@@ -1,0 +1,32 @@
+"""A rerun of a chapter writes its own run record next to its output (or where --record-dir says)
+and never replaces another run's record, the book's included."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MINI = REPO / "tests" / "fixtures" / "mini_chapter.md"
+
+
+def run(out: Path, *extra: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XAI_RECORD")}
+    subprocess.run([sys.executable, str(REPO / "ci" / "run_chapter.py"), str(MINI), str(out), "--no-progress-bar", *extra],
+                   check=True, capture_output=True, env=env, timeout=600)
+
+
+def test_reruns_write_new_records_next_to_their_output(tmp_path):
+    out = tmp_path / "runs" / "mine.ipynb"
+    run(out, "-p", "seed", "3")
+    run(out, "-p", "seed", "3")
+    recs = sorted((tmp_path / "runs").glob("mine.*.record.json"))
+    assert len(recs) == 2  # the second run did not replace the first record
+    doc = json.loads(recs[0].read_text())
+    assert doc["chapter"] == "mini" and doc["seed"] == 3 and doc["parameters"]["seed"] == 3
+
+
+def test_record_dir_option(tmp_path):
+    run(tmp_path / "o.ipynb", "--record-dir", str(tmp_path / "elsewhere"))
+    assert len(list((tmp_path / "elsewhere").glob("o.*.record.json"))) == 1
+    assert not list(tmp_path.glob("*.record.json"))
