@@ -1,0 +1,384 @@
+"""Generative causal explanations (GCE; O'Shaughnessy, Canal, Connor, Rozell, Davenport, NeurIPS 2020) in torch.
+
+A VAE explainer splits its latent code into K *causal* factors alpha and L *non-causal* factors
+beta. It is trained to maximise the information flow I(alpha; Y) from alpha to the classifier's
+output while staying a good generative model of the data:
+
+    loss = -I(alpha; Y) + lambda * D,     D = squared reconstruction error + KL   (per image, summed over pixels)
+
+I(alpha; Y) is estimated by sampling (the authors' ``causaleffect.joint_uncond``): ``n_alpha``
+draws of alpha ~ N(0, I_K), each with ``n_beta`` draws of beta ~ N(0, I_L); p_i(y) is the mean of
+the classifier's softmax over the decoded images of draw i, q(y) the mean of the p_i, and
+
+    I = mean_i sum_y p_i(y) log p_i(y) - sum_y q(y) log q(y)       (nats; eps = 1e-8 inside the logs)
+
+Unlike the reference, which decodes and classifies one alpha at a time in a Python loop, every
+estimate here decodes and classifies all ``n_alpha * n_beta`` images in one batched call (chunked
+only to bound memory): that product of forward passes is the step's cost and its limit
+(``benchmarks/bench_gce.py`` reports the ratio).
+
+Architecture (authors' ``models/CVAE.py`` @ 2bfe97e; the [Re] report's Table 3): encoder three 4x4
+convolutions with 64 channels (strides 2, 2, 1; the last padded (1, 2, 1, 2)), linear heads for
+the mean and log-variance of the K + L latents; decoder a linear layer to 64 x (side/4)^2, three
+transposed 4x4 convolutions, sigmoid output. ``channels=3`` gives the colour variant (CIFAR-10).
+Adam with betas (0.5, 0.999) as in the authors' ``GCE.py``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from lib.progress import progress_bar
+
+EPS = 1e-8  # inside the logs, as in the reference estimator
+ProbFn = Callable[[torch.Tensor], torch.Tensor]  # images -> class probabilities (rows sum to 1)
+
+
+class GCEEncoder(nn.Module):
+    """Images (N, C, side, side) -> mean and log-variance of the K + L latents."""
+
+    def __init__(self, z_dim: int, channels: int = 1, side: int = 28, filters: int = 64):
+        super().__init__()
+        if side % 4:
+            raise ValueError(f"image side must be a multiple of 4, got {side}")
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, filters, 4, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(filters, filters, 4, stride=2, padding=1), nn.ReLU(),
+            nn.ZeroPad2d((1, 2, 1, 2)),
+            nn.Conv2d(filters, filters, 4, stride=1, padding=0), nn.ReLU(),
+        )
+        flat = filters * (side // 4) ** 2
+        self.mu = nn.Linear(flat, z_dim)
+        self.logvar = nn.Linear(flat, z_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x).flatten(1)
+        return self.mu(h), self.logvar(h)
+
+
+class GCEDecoder(nn.Module):
+    """Latents (N, K + L) -> images (N, C, side, side) in [0, 1]."""
+
+    def __init__(self, z_dim: int, channels: int = 1, side: int = 28, filters: int = 64):
+        super().__init__()
+        self.filters, self.grid = filters, side // 4
+        self.fc = nn.Sequential(nn.Linear(z_dim, filters * self.grid**2), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.ConvTranspose2d(filters, filters, 4, stride=1, padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(filters, filters, 4, stride=2, padding=2), nn.ReLU(),
+            nn.ConvTranspose2d(filters, channels, 4, stride=2, padding=1), nn.Sigmoid(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.body(self.fc(z).view(len(z), self.filters, self.grid, self.grid))
+
+
+class GCEExplainer(nn.Module):
+    """The VAE explainer: the first ``K`` latents are causal (alpha), the other ``L`` non-causal (beta)."""
+
+    def __init__(self, K: int, L: int, channels: int = 1, side: int = 28, filters: int = 64):
+        super().__init__()
+        if K < 0 or L < 0 or K + L < 1:
+            raise ValueError(f"need K >= 0, L >= 0 and K + L >= 1, got K={K}, L={L}")
+        self.K, self.L, self.channels, self.side = K, L, channels, side
+        self.encoder = GCEEncoder(K + L, channels, side, filters)
+        self.decoder = GCEDecoder(K + L, channels, side, filters)
+
+    @property
+    def z_dim(self) -> int:
+        return self.K + self.L
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """Reconstruction, mean and log-variance (a reparameterised sample in between)."""
+        mu, logvar = self.encoder(x)
+        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+        z = mu + eps * torch.exp(0.5 * logvar)
+        return self.decoder(z), mu, logvar
+
+
+def vae_loss(x: torch.Tensor, xhat: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """D = squared error + KL divergence to N(0, I), each summed over an image and averaged over the batch
+    (the authors' ``loss_functions.VAE_LL_loss``). Returns (D, squared error, KL)."""
+    n = len(x)
+    sse = ((xhat - x) ** 2).sum() / n
+    kld = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum() / n
+    return sse + kld, sse, kld
+
+
+def _latents(K: int, L: int, n_alpha: int, n_beta: int, dims: Sequence[int] | None, generator, dtype, device) -> torch.Tensor:
+    """(n_alpha * n_beta, K + L) latents: the ``dims`` coordinates fixed per outer draw, the rest redrawn per inner one."""
+    z_dim = K + L
+    fixed = list(range(K)) if dims is None else list(dims)
+    z = torch.randn(n_alpha, n_beta, z_dim, generator=generator, dtype=dtype).to(device)
+    outer = torch.randn(n_alpha, 1, len(fixed), generator=generator, dtype=dtype).to(device)
+    z[:, :, fixed] = outer.expand(n_alpha, n_beta, len(fixed))
+    return z.reshape(n_alpha * n_beta, z_dim)
+
+
+def mutual_information(probs: torch.Tensor) -> torch.Tensor:
+    """I from class probabilities shaped (n_alpha, n_beta, M): mean_i sum p_i log p_i - sum q log q."""
+    p = probs.mean(1)
+    q = p.mean(0)
+    return (p * torch.log(p + EPS)).sum(1).mean() - (q * torch.log(q + EPS)).sum()
+
+
+def information_flow(
+    decoder: nn.Module,
+    classify: ProbFn,
+    K: int,
+    L: int,
+    n_alpha: int,
+    n_beta: int,
+    dims: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    chunk: int = 4096,
+) -> torch.Tensor:
+    """Sampled estimate of I(alpha; Y) in nats (differentiable w.r.t. the decoder).
+
+    ``classify`` maps images to class probabilities. ``dims``: the latent coordinates whose
+    information flow is measured (default: the K causal ones, i.e. I(alpha; Y)); ``dims=[i]`` gives
+    the flow of latent i alone, the other K + L - 1 latents being redrawn for every inner sample (the
+    authors' ``joint_uncond_singledim``). All ``n_alpha * n_beta`` images are decoded and classified
+    in batches of ``chunk``.
+    """
+    if n_alpha < 1 or n_beta < 1:
+        raise ValueError(f"n_alpha and n_beta must be >= 1, got {n_alpha}, {n_beta}")
+    if dims is None and K == 0:
+        return torch.zeros((), dtype=next(decoder.parameters()).dtype)
+    p0 = next(decoder.parameters())
+    z = _latents(K, L, n_alpha, n_beta, dims, generator, p0.dtype, p0.device)
+    probs = torch.cat([classify(decoder(z[i : i + chunk])) for i in range(0, len(z), chunk)])
+    return mutual_information(probs.view(n_alpha, n_beta, -1))
+
+
+def per_latent_flow(decoder: nn.Module, classify: ProbFn, K: int, L: int, n_alpha: int, n_beta: int,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """I(z_i; Y) for every latent i (alpha_1..alpha_K, then beta_1..beta_L), without gradients."""
+    with torch.no_grad():
+        return torch.stack([information_flow(decoder, classify, K, L, n_alpha, n_beta, dims=[i], generator=generator)
+                            for i in range(K + L)])
+
+
+@dataclass
+class GCEConfig:
+    """Training settings of one explainer (the reference code's names in brackets)."""
+
+    K: int
+    L: int
+    lam: float  # [lambda] weight of D
+    steps: int
+    n_alpha: int  # [Nalpha] outer draws
+    n_beta: int  # [Nbeta] inner draws
+    batch_size: int = 64
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    classifier_mode: str = "eval"  # "train": dropout/batch norm active while the explainer trains (as the authors' code leaves it)
+    seed: int = 0
+
+    def asdict(self) -> dict:
+        return asdict(self)
+
+
+def train_gce(
+    explainer: GCEExplainer,
+    classifier: nn.Module,
+    x: torch.Tensor,
+    cfg: GCEConfig,
+    to_probs: Callable[[torch.Tensor], torch.Tensor] = lambda logits: torch.softmax(logits, 1),
+    progress: bool = True,
+    desc: str = "GCE",
+) -> dict:
+    """Train ``explainer`` in place on images ``x`` (N, C, H, W in [0, 1]); return the per-step history.
+
+    The classifier is frozen (no parameter updates) and kept in ``cfg.classifier_mode``: "eval"
+    (dropout off, batch-norm running statistics) or "train" (the authors' code never calls
+    ``classifier.eval()``, so dropout is on and batch norm normalises over each chunk of decoded
+    images; its running statistics are restored afterwards so that the classifier is unchanged).
+    History: ``I`` (nats), ``D`` and the total loss per step.
+    """
+    if cfg.classifier_mode not in ("eval", "train"):
+        raise ValueError(f"classifier_mode must be 'eval' or 'train', got {cfg.classifier_mode!r}")
+    if (explainer.K, explainer.L) != (cfg.K, cfg.L):
+        raise ValueError(f"explainer has K={explainer.K}, L={explainer.L} but the config says K={cfg.K}, L={cfg.L}")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    saved = {k: v.clone() for k, v in classifier.state_dict().items()}
+    requires = [p.requires_grad for p in classifier.parameters()]
+    for p in classifier.parameters():
+        p.requires_grad_(False)
+    classifier.train(cfg.classifier_mode == "train")
+    dtype = next(explainer.parameters()).dtype
+
+    def classify(images: torch.Tensor) -> torch.Tensor:
+        return to_probs(classifier(images))
+
+    opt = torch.optim.Adam(explainer.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+    hist: dict = {"I": [], "D": [], "loss": []}
+    bar = progress_bar(total=cfg.steps, desc=desc, enabled=progress, leave=False, mininterval=1.0)
+    explainer.train()
+    try:
+        for _ in range(cfg.steps):
+            idx = torch.randint(0, len(x), (cfg.batch_size,), generator=gen)
+            xb = x[idx].to(dtype)
+            opt.zero_grad(set_to_none=True)
+            xhat, mu, logvar = explainer(xb, generator=gen)
+            d, _, _ = vae_loss(xb, xhat, mu, logvar)
+            info = information_flow(explainer.decoder, classify, cfg.K, cfg.L, cfg.n_alpha, cfg.n_beta, generator=gen)
+            loss = -info + cfg.lam * d
+            loss.backward()
+            opt.step()
+            hist["I"].append(float(info))
+            hist["D"].append(float(d))
+            hist["loss"].append(float(loss))
+            bar.update(1)
+            bar.set_postfix(I=f"{float(info):.3f}", D=f"{float(d):.1f}")
+    finally:
+        bar.close()
+        classifier.load_state_dict(saved)
+        for p, r in zip(classifier.parameters(), requires):
+            p.requires_grad_(r)
+        classifier.eval()
+        explainer.eval()
+    return hist
+
+
+@torch.no_grad()
+def latent_sweep(decoder: nn.Module, z: torch.Tensor, dim: int, values: Sequence[float]) -> torch.Tensor:
+    """Decode copies of latents ``z`` (N, K + L) with coordinate ``dim`` set to each of ``values``:
+    images shaped (N, len(values), C, H, W)."""
+    v = torch.as_tensor(list(values), dtype=z.dtype, device=z.device)
+    zz = z[:, None, :].repeat(1, len(v), 1)
+    zz[:, :, dim] = v
+    imgs = decoder(zz.reshape(-1, z.shape[1]))
+    return imgs.view(len(z), len(v), *imgs.shape[1:])
+
+
+@torch.no_grad()
+def sweep_effect(decoder: nn.Module, classify: ProbFn, z: torch.Tensor, dim: int, values: Sequence[float]) -> dict:
+    """How much sweeping latent ``dim`` over ``values`` changes the classifier, per starting point.
+
+    Returns per-start tensors (length N): ``changed`` = share of the sweep's images whose predicted
+    class differs from that of the unswept image, ``dp`` = mean over the sweep of the total-variation
+    change of p(y) (half the L1 distance, in [0, 1]).
+    """
+    imgs = latent_sweep(decoder, z, dim, values)
+    n, s = imgs.shape[:2]
+    p = classify(imgs.flatten(0, 1)).view(n, s, -1)
+    p0 = classify(decoder(z))
+    changed = (p.argmax(-1) != p0.argmax(-1)[:, None]).double().mean(1)
+    dp = 0.5 * (p - p0[:, None]).abs().sum(-1).double().mean(1)
+    return {"changed": changed, "dp": dp}
+
+
+@torch.no_grad()
+def ablation_accuracy(explainer: GCEExplainer, classify: ProbFn, x: torch.Tensor, y: torch.Tensor,
+                      generator: torch.Generator | None = None, batch: int = 512) -> dict[str, float]:
+    """The classifier's accuracy on ``x``, on its re-encoded copies (mean latents decoded), and after
+    replacing each latent with one N(0, 1) draw per image (the authors' ``make_fig5ab.py``)."""
+    out = {"original": 0.0, "re-encoded": 0.0}
+    names = [f"alpha{i + 1}" for i in range(explainer.K)] + [f"beta{i + 1}" for i in range(explainer.L)]
+    for n in names:
+        out[n] = 0.0
+    dtype = next(explainer.parameters()).dtype
+    for i in range(0, len(x), batch):
+        xb, yb = x[i : i + batch].to(dtype), y[i : i + batch]
+        out["original"] += float((classify(xb).argmax(1) == yb).sum())
+        mu, _ = explainer.encoder(xb)
+        out["re-encoded"] += float((classify(explainer.decoder(mu)).argmax(1) == yb).sum())
+        for d, n in enumerate(names):
+            z = mu.clone()
+            z[:, d] = torch.randn(len(z), generator=generator, dtype=dtype)
+            out[n] += float((classify(explainer.decoder(z)).argmax(1) == yb).sum())
+    return {k: v / len(x) for k, v in out.items()}
+
+
+# --- Parameter selection (the paper's Algorithm 1) ---------------------------------------------
+
+@dataclass
+class SelectionStep:
+    step: int
+    K: int
+    L: int
+    lam: float
+    D: float
+    C: float
+    note: str = ""
+
+
+@dataclass
+class Selection:
+    """The outcome of :func:`select_parameters`: the chosen (K, L, lambda) and every grid point tried."""
+
+    K: int
+    L: int
+    lam: float
+    trace: list[SelectionStep] = field(default_factory=list)
+
+
+def _plateaued(prev: float, new: float, rel: float) -> bool:
+    """True when ``new`` improves on ``prev`` (both to be minimised) by less than ``rel`` of |prev|."""
+    return (prev - new) < rel * abs(prev)
+
+
+def select_parameters(
+    train_point: Callable[[int, int, float], tuple[float, float]],
+    *,
+    max_latents: int = 12,
+    lambdas: Sequence[float] = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1),
+    plateau_d: float = 0.01,
+    plateau_c: float = 0.01,
+    approach_d: float = 0.05,
+    lam_step1: float = 1.0,
+) -> Selection:
+    """Algorithm 1 of the paper with its criteria as parameters.
+
+    ``train_point(K, L, lam)`` trains one explainer and returns ``(D, C)``: the final data term and
+    causal term C = -I(alpha; Y) (both minimised). One grid point is one call, so a sweep runner can
+    distribute them.
+
+    1. K = 0: increase L from 1 until D improves by less than ``plateau_d`` (relative): the total
+       latent dimension is the last L that still improved.
+    2. Increment K and decrement L (K + L fixed); for each (K, L) increase lambda through
+       ``lambdas`` until D comes within ``approach_d`` (relative) of step 1's D (the [Re] report
+       tried 5 % and 6 %): the first such lambda is chosen, larger ones are not trained.
+    3. Stop when C improves by less than ``plateau_c`` (relative); return the (K, L, lambda) from
+       immediately before the plateau.
+    """
+    trace: list[SelectionStep] = []
+    prev_d, total = None, None
+    for L in range(1, max_latents + 1):
+        d, c = train_point(0, L, lam_step1)
+        trace.append(SelectionStep(1, 0, L, lam_step1, d, c))
+        if prev_d is not None and _plateaued(prev_d, d, plateau_d):
+            total, d_ref = L - 1, prev_d
+            trace[-1].note = f"D plateaued (< {plateau_d:.0%} better): total latent dimension {total}"
+            break
+        prev_d = d
+    if total is None:
+        total, d_ref = max_latents, prev_d
+        trace[-1].note = f"no plateau up to {max_latents} latents"
+    best: tuple[int, int, float, float] | None = None
+    for K in range(1, total + 1):
+        L = total - K
+        chosen = None
+        for lam in sorted(lambdas):
+            d, c = train_point(K, L, lam)
+            ok = d <= d_ref * (1 + approach_d)
+            trace.append(SelectionStep(2, K, L, lam, d, c, f"D within {approach_d:.0%} of step 1" if ok else ""))
+            if ok:
+                chosen = (lam, c)
+                break
+        if chosen is None:
+            trace.append(SelectionStep(3, K, L, math.nan, math.nan, math.nan, "no lambda keeps D within the criterion"))
+            break
+        lam, c = chosen
+        if best is not None and _plateaued(best[3], c, plateau_c):
+            trace.append(SelectionStep(3, K, L, lam, math.nan, c, f"C plateaued (< {plateau_c:.0%} better): keep K={best[0]}"))
+            break
+        best = (K, L, lam, c)
+    if best is None:
+        return Selection(0, total, lam_step1, trace)
+    return Selection(best[0], best[1], best[2], trace)
