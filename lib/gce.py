@@ -230,11 +230,11 @@ def train_gce(
             loss = -info + cfg.lam * d
             loss.backward()
             opt.step()
-            hist["I"].append(float(info))
-            hist["D"].append(float(d))
-            hist["loss"].append(float(loss))
+            hist["I"].append(info.item())
+            hist["D"].append(d.item())
+            hist["loss"].append(loss.item())
             bar.update(1)
-            bar.set_postfix(I=f"{float(info):.3f}", D=f"{float(d):.1f}")
+            bar.set_postfix(I=f"{hist['I'][-1]:.3f}", D=f"{hist['D'][-1]:.1f}")
     finally:
         bar.close()
         classifier.load_state_dict(saved)

@@ -66,6 +66,9 @@ def fit(
     desc: str = "train",
     progress: bool = True,
     dtype: torch.dtype | None = None,
+    optimizer: str = "adam",
+    momentum: float = 0.0,
+    lr_decay: float | None = None,
 ) -> dict:
     """Train ``model`` in place with Adam; return a history of plain values.
 
@@ -78,7 +81,13 @@ def fit(
     inputs and targets are cast per batch). Small CPU models trained in ``torch.float64`` give
     the same weights on every x86 CPU to many digits, where float32 training amplifies the last-bit
     differences between vector kernels (AVX2 vs AVX-512) into different models.
+
+    ``optimizer``: "adam" (default) or "sgd" (with ``momentum``); ``lr_decay``: multiply the
+    learning rate by this factor after every epoch (torch's StepLR with step 1, as in the GCE
+    authors' classifier training).
     """
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
     if patience is not None and x_val is None:
@@ -89,7 +98,11 @@ def fit(
         t = t.to(device)
         return t.to(dtype) if dtype is not None and t.is_floating_point() else t
 
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=lr_decay) if lr_decay is not None else None
     gen = torch.Generator().manual_seed(seed)
     history: dict = {"train_loss": [], "val_loss": [], "epochs_run": 0, "best_epoch": None}
     best_val, best_state, stale = math.inf, None, 0
@@ -109,6 +122,8 @@ def fit(
             bar.update(1)
         history["train_loss"].append(total / count)
         history["epochs_run"] = epoch + 1
+        if sched is not None:
+            sched.step()
         if x_val is not None:
             val = evaluate_loss(model, cast(x_val), cast(y_val), loss_fn, device=device)
             history["val_loss"].append(val)
