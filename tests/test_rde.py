@@ -43,9 +43,11 @@ def test_relu_moments_match_monte_carlo():
     assert m0.tolist() == [0.0, 2.0] and v0.tolist() == [0.0, 0.0]
 
 
-@pytest.mark.parametrize("layer", [nn.Linear(12, 5), nn.Conv2d(1, 3, 3, padding=1), nn.AvgPool2d(2)], ids=["linear", "conv", "avgpool"])
-def test_single_linear_layers_match_monte_carlo(layer):
+@pytest.mark.parametrize("make", [lambda: nn.Linear(12, 5), lambda: nn.Conv2d(1, 3, 3, padding=1), lambda: nn.AvgPool2d(2)],
+                         ids=["linear", "conv", "avgpool"])
+def test_single_linear_layers_match_monte_carlo(make):
     torch.manual_seed(0)
+    layer = make()
     shape = (12,) if isinstance(layer, nn.Linear) else (1, 4, 4)
     mean, var = torch.randn(shape), torch.rand(shape) + 0.1
     model = nn.Sequential(layer)
