@@ -158,7 +158,11 @@ def book_records() -> dict[str, Path]:
         meta = nbformat.read(nb_path, as_version=4).metadata.get("xai_book", {})
         if "record" not in meta:
             raise SystemExit(f"baselines: {nb_path.relative_to(REPO)} names no run record: rebuild it (python ci/build_book.py --force)")
-        found[source.stem] = REPO / meta["record"]
+        record = REPO / meta["record"]
+        if not record.exists():
+            raise SystemExit(f"baselines: {nb_path.relative_to(REPO)} names the run record {meta['record']}, which is gone: "
+                             "re-execute it (python ci/build_book.py --force)")
+        found[source.stem] = record
     return found
 
 
