@@ -1,0 +1,119 @@
+"""The relevance-ordering (pixel-flipping) test of the RDE paper, batched.
+
+For an image x with predicted class c, components are randomised in the order of a relevance map,
+*least relevant first* (so the most relevant ones are kept longest), ``group_size`` components per
+step; at each step ``n_draws`` noisy copies are drawn (uniform noise in [x.min(), x.max()], then
+clipped to that range) and the classifier's softmax probability of c is compared with its value on
+x. A good relevance map keeps the probability (low distortion) and the accuracy high while few
+components are kept. Ties in the map are broken at random. This follows the reference code
+(``jmaces/rde`` @ d71169d, ``mnist/pixelflip.py``): distortion = mean squared change of the
+probability of the originally predicted class; accuracy against the true label; the Monte-Carlo
+standard error of each step's mean is reported, and the rate is the share of components *not*
+randomised.
+
+Every step of every image is a batch of ``n_draws`` forward passes; all of them go through the
+model in large batches (``batch`` images per call), which is this test's cost and its limit.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from lib.progress import progress_bar
+
+ProbFn = Callable[[torch.Tensor], torch.Tensor]
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed it
+
+
+def relevance_ordering(mapping: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flat component indices of each map (N, ...) in ascending relevance, ties broken at random."""
+    flat = mapping.flatten(1).double()
+    noise = torch.rand(flat.shape, generator=generator, dtype=torch.float64)
+    # sort by (relevance, random key): a stable sort on the random key, then on the relevance
+    order = torch.argsort(noise, dim=1)
+    keyed = torch.gather(flat, 1, order)
+    second = torch.argsort(keyed, dim=1, stable=True)
+    return torch.gather(order, 1, second)
+
+
+@dataclass
+class FlipCurves:
+    """Per image (rows) and step (columns): mean distortion and accuracy with their MC standard errors."""
+
+    rate: np.ndarray  # (S + 1,) share of components kept, from 1 to 0
+    distortion: np.ndarray  # (N, S + 1)
+    distortion_se: np.ndarray
+    accuracy: np.ndarray
+    accuracy_se: np.ndarray
+
+    def mean_curves(self) -> dict[str, np.ndarray]:
+        """Means over images, and the band of the reference's plots: the RMS of the per-image MC errors."""
+        n = len(self.distortion)
+        return {"distortion": self.distortion.mean(0), "distortion_band": np.sqrt((self.distortion_se**2).mean(0)),
+                "accuracy": self.accuracy.mean(0), "accuracy_band": np.sqrt((self.accuracy_se**2).mean(0)), "n": n}
+
+
+def area(curves: np.ndarray, rate: np.ndarray, max_rate: float = 1.0) -> np.ndarray:
+    """Per-image area under ``curves`` against the rate, over rates in [0, max_rate] (trapezoids),
+    normalised by ``max_rate`` (a mean height). ``max_rate < 1`` looks at sparse explanations only."""
+    r = rate[::-1]
+    c = curves[:, ::-1]
+    keep = r <= max_rate + 1e-12
+    r, c = r[keep], c[:, keep]
+    return _trapezoid(c, r, axis=1) / max(r[-1] - r[0], 1e-12)
+
+
+@torch.no_grad()
+def relevance_ordering_test(
+    probs: ProbFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mappings: torch.Tensor,
+    group_size: int = 5,
+    n_draws: int = 512,
+    generator: torch.Generator | None = None,
+    batch: int = 8192,
+    progress: bool = True,
+    desc: str = "pixel flipping",
+) -> FlipCurves:
+    """Run the test for images ``x`` (N, C, H, W), labels ``y`` and relevance maps of the same shape."""
+    if mappings.shape != x.shape:
+        raise ValueError(f"relevance maps must have the images' shape {tuple(x.shape)}, got {tuple(mappings.shape)}")
+    n, size = len(x), x[0].numel()
+    steps = math.ceil(size / group_size)
+    order = relevance_ordering(mappings, generator)
+    p0 = probs(x)
+    node = p0.argmax(1)
+    target = p0.gather(1, node[:, None])[:, 0]
+    shape = (steps + 1, n)
+    dist, dist_se = np.zeros(shape), np.zeros(shape)
+    acc, acc_se = np.zeros(shape), np.zeros(shape)
+    steps_per_call = max(1, batch // n_draws)
+    bar = progress_bar(total=n * (steps + 1), desc=desc, enabled=progress, leave=False, mininterval=1.0)
+    for i in range(n):
+        xi = x[i].flatten()
+        lo, hi = float(xi.min()), float(xi.max())
+        # randomised[k] = True for the k * group_size least relevant components
+        rank = torch.empty(size, dtype=torch.long)
+        rank[order[i]] = torch.arange(size)
+        for s0 in range(0, steps + 1, steps_per_call):
+            ks = torch.arange(s0, min(steps + 1, s0 + steps_per_call))
+            randomised = rank[None, :] < (ks[:, None] * group_size)  # (k, size)
+            noise = lo + (hi - lo) * torch.rand(len(ks), n_draws, size, generator=generator, dtype=x.dtype)
+            mask = randomised[:, None, :].to(x.dtype)
+            corrupted = ((1 - mask) * xi + mask * noise).clamp(lo, hi).view(-1, *x.shape[1:])
+            p = probs(corrupted).view(len(ks), n_draws, -1)
+            sq = (p[..., node[i]] - target[i]).double() ** 2
+            hit = (p.argmax(-1) == y[i]).double()
+            dist[ks, i] = sq.mean(1).numpy()
+            dist_se[ks, i] = (sq.std(1, unbiased=False) / math.sqrt(n_draws)).numpy()
+            acc[ks, i] = hit.mean(1).numpy()
+            acc_se[ks, i] = (hit.std(1, unbiased=False) / math.sqrt(n_draws)).numpy()
+            bar.update(len(ks))
+    bar.close()
+    rate = 1 - np.minimum(np.arange(steps + 1) * group_size, size) / size
+    return FlipCurves(rate, dist.T, dist_se.T, acc.T, acc_se.T)
