@@ -23,7 +23,14 @@ returned solution is, over all iterations and all ``c``, the valid one with the 
 elastic-net distance ``||d||_2^2 + beta * ||d||_1``.
 
 Unlike the reference (one instance per call), everything here is batched over instances: each
-instance has its own ``c`` and its own best solution.
+instance has its own ``c`` and its own best solution. On a CPU, pass the models and ``x0`` in
+``torch.channels_last`` memory format: max-pooling's backward pass is then vectorised and a
+search runs about a third faster (same arithmetic up to float rounding).
+
+The hinge ``f_kappa`` is computed on the classifier's logits (``scores="logits"``, as in the CEM
+authors' ``aen_CEM.py``, IBM/Contrastive-Explanation-Method @ c09c28c, whose MNIST model returns
+logits) or on its softmax probabilities (``scores="probs"``, alibi's MNIST example, whose Keras
+model ends in a softmax).
 
 Noted quirk kept from the reference for comparability: the PP image is ``d = x0 - x``, so with
 data in [-0.5, 0.5] its "empty" value is 0 (not the background -0.5), and it is fed to the
@@ -255,6 +262,16 @@ def changed_part(x0: torch.Tensor, result: CEMResult) -> torch.Tensor:
     Rows without a valid explanation are zero."""
     part = result.explanation - x0 if result.mode == "PN" else result.explanation
     return part * result.found.view(-1, *[1] * (x0.ndim - 1))
+
+
+def is_empty(x0: torch.Tensor, result: CEMResult, tol: float = 1e-6) -> torch.Tensor:
+    """Per instance: a valid explanation in which no feature changed by more than ``tol``.
+
+    For a PP this is the blank input (``d = 0``) already classified as the target: the search
+    accepts it at distance 0, but it explains nothing. Such cases are counted apart from the
+    explanations that keep some pixels."""
+    part = changed_part(x0, result).flatten(1)
+    return result.found & ~(part.abs() > tol).any(1)
 
 
 def sparsity(x0: torch.Tensor, result: CEMResult, tol: float = 1e-6) -> dict[str, torch.Tensor]:

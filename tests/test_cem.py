@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.cem import CEMConfig, _shrink, cem_explain, changed_part, fista_path, reconstruction_error, sparsity
+from lib.cem import CEMConfig, CEMResult, _shrink, cem_explain, changed_part, fista_path, is_empty, reconstruction_error, sparsity
 from lib.data import load_mnist
 from lib.train import fit
 
@@ -27,9 +27,10 @@ def setup():
 CFG = CEMConfig(c_steps=5, max_iterations=50, gamma=0.0)  # c reaches 1e4: enough to flip any digit
 
 
-def test_pn_only_adds_and_changes_the_class(setup):
+@pytest.mark.parametrize("scores", ["probs", "logits"])
+def test_pn_only_adds_and_changes_the_class(setup, scores):
     model, _, x0 = setup
-    res = cem_explain(model, x0, "PN", CFG)
+    res = cem_explain(model, x0, "PN", CEMConfig(**{**CFG.asdict(), "scores": scores}))
     assert res.found.float().mean() >= 0.5  # a PN is found for most digits
     x = res.explanation[res.found]
     base = x0[res.found]
@@ -42,9 +43,10 @@ def test_pn_only_adds_and_changes_the_class(setup):
     assert (res.pred[~res.found] == -1).all()
 
 
-def test_pp_only_removes_and_keeps_the_class(setup):
+@pytest.mark.parametrize("scores", ["probs", "logits"])
+def test_pp_only_removes_and_keeps_the_class(setup, scores):
     model, _, x0 = setup
-    res = cem_explain(model, x0, "PP", CFG)
+    res = cem_explain(model, x0, "PP", CEMConfig(**{**CFG.asdict(), "scores": scores}))
     assert res.found.float().mean() >= 0.5
     d = res.explanation[res.found]
     base = x0[res.found]
@@ -104,6 +106,30 @@ def test_sparsity_counts_changed_pixels(setup):
     assert sp["L0"][i] == (part[i].abs() > 1e-6).sum()
     assert torch.isclose(sp["L1"][i], part[i].abs().sum())
     assert torch.isnan(sp["L0"][~res.found]).all()
+
+
+def test_logit_margin_kappa_is_enforced(setup):
+    """With the hinge on the logits (the CEM authors' code) and kappa > 0, a PN must beat the
+    original class by kappa logits, not merely change the arg-max."""
+    model, _, x0 = setup
+    kappa = 2.0
+    res = cem_explain(model, x0, "PN", CEMConfig(**{**CFG.asdict(), "scores": "logits", "kappa": kappa}))
+    assert res.found.any()
+    with torch.no_grad():
+        logits = model(res.explanation[res.found])
+    t = res.orig_pred[res.found]
+    own = logits.gather(1, t[:, None]).squeeze(1)
+    assert (logits.max(1).values - own >= kappa - 1e-4).all()
+
+
+def test_empty_explanations_are_flagged():
+    """A valid PP that keeps no pixel (the blank input already has the class) is 'empty'."""
+    expl = torch.zeros(3, 1, 2, 2)
+    expl[1, 0, 0, 0] = 0.3
+    res = CEMResult("PP", expl, found=torch.tensor([True, True, False]), pred=torch.tensor([4, 4, -1]),
+                    orig_pred=torch.tensor([4, 4, 4]), distance=torch.tensor([0.0, 0.12, float("inf")]),
+                    c_final=torch.ones(3))
+    assert is_empty(torch.zeros(3, 1, 2, 2), res).tolist() == [True, False, False]
 
 
 def test_bad_input_is_rejected(setup):

@@ -6,6 +6,12 @@ Keras model to differentiate through. We therefore copy the weights of the torch
 flatten is re-indexed from torch's CHW order to Keras' HWC order), check that both give the same
 outputs, and run alibi on them with the same hyper-parameters as ours.
 
+alibi's hinge loss works on whatever the Keras model returns: with the softmax output of its MNIST
+example (``scores="probs"`` here) it compares probabilities; with a Keras copy that returns logits
+(``scores="logits"``) it computes the hinge on the logits, as the CEM authors' ``aen_CEM.py``
+(IBM/Contrastive-Explanation-Method @ c09c28c) does. The copies are float32 whatever the torch
+model's dtype.
+
 Environment: alibi 0.9.6 runs on TensorFlow 2.21 only with legacy Keras 2 (package ``tf-keras``,
 ``TF_USE_LEGACY_KERAS=1`` set before TensorFlow is imported) and with TF2 behaviour disabled
 (``tf.compat.v1.disable_v2_behavior()``) before any model is built. Both are process-wide switches, so :func:`tf_session` must be called
@@ -15,6 +21,7 @@ before anything else imports TensorFlow in the process. Used by the CEM chapter 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import sys
@@ -100,11 +107,12 @@ def _fresh_graph() -> None:
 
 
 def _conv_weights(conv: nn.Conv2d) -> list[np.ndarray]:
-    return [conv.weight.detach().permute(2, 3, 1, 0).numpy(), conv.bias.detach().numpy()]
+    return [conv.weight.detach().float().permute(2, 3, 1, 0).numpy(), conv.bias.detach().float().numpy()]
 
 
 def keras_classifier(model: CEMClassifier, softmax: bool = True):
-    """A Keras copy of ``model`` (NHWC input, softmax output like the reference example)."""
+    """A Keras copy of ``model`` (NHWC input; softmax output like alibi's example, or logits with
+    ``softmax=False`` like the CEM authors' classifier)."""
     tf = tf_session()
     from tf_keras import layers, models
 
@@ -125,10 +133,10 @@ def keras_classifier(model: CEMClassifier, softmax: bool = True):
     weights = []
     for conv in convs:
         weights += _conv_weights(conv)
-    w1 = dense[0].weight.detach()  # (256, C*H*W) in torch's CHW flatten order
+    w1 = dense[0].weight.detach().float()  # (256, C*H*W) in torch's CHW flatten order
     w1 = w1.reshape(256, channels, side, side).permute(2, 3, 1, 0).reshape(side * side * channels, 256)
-    weights += [w1.numpy(), dense[0].bias.detach().numpy()]
-    weights += [dense[1].weight.detach().T.numpy(), dense[1].bias.detach().numpy()]
+    weights += [w1.numpy(), dense[0].bias.detach().float().numpy()]
+    weights += [dense[1].weight.detach().float().T.numpy(), dense[1].bias.detach().float().numpy()]
     km.set_weights(weights)
     return km
 
@@ -154,18 +162,40 @@ def keras_autoencoder(model: CEMAutoencoder):
 
 
 def nchw_to_nhwc(x: torch.Tensor) -> np.ndarray:
-    return x.detach().permute(0, 2, 3, 1).numpy()
+    return x.detach().float().permute(0, 2, 3, 1).numpy()
 
 
 def max_port_error(torch_model: nn.Module, keras_model, x: torch.Tensor, softmax: bool) -> float:
     """Largest absolute difference between the torch model and its Keras copy on ``x``."""
+    p = next(torch_model.parameters())
     with torch.no_grad():
-        ours = torch_model(x)
+        ours = torch_model(x.to(p.dtype)).float()
         ours = ours.softmax(1) if softmax else ours
     theirs = keras_model.predict(nchw_to_nhwc(x), verbose=0)
     if theirs.ndim == 4:
         theirs = theirs.transpose(0, 3, 1, 2)
     return float(np.abs(ours.numpy() - theirs).max())
+
+
+def maxpool_tie_gradient_gap(classifier: CEMClassifier, x: torch.Tensor, cls: int = 3) -> float:
+    """Relative gap between the input gradients of one class score computed by TensorFlow (the
+    Keras copy) and by torch, on one input ``x`` (1, 1, 28, 28): max |g_tf - g_torch| / max |g_tf|.
+
+    Where a max-pooling window holds equal values (e.g. an all-zero input), the gradient may be
+    routed to different elements by the two libraries' kernels; whether it is depends on the CPU
+    and the library versions. The CEM chapter measures and reports this; nothing asserts it.
+    """
+    tf = tf_session()
+    _fresh_graph()
+    kc = keras_classifier(classifier, softmax=True)
+    sess = tf.compat.v1.keras.backend.get_session()
+    ph = tf.compat.v1.placeholder(tf.float32, (1, 28, 28, 1))
+    grad_tf = tf.gradients(tf.reduce_sum(kc(ph)[:, cls]), ph)[0]
+    theirs = sess.run(grad_tf, {ph: nchw_to_nhwc(x)})
+    model = copy.deepcopy(classifier).float()
+    xx = x.float().clone().requires_grad_(True)
+    (ours,) = torch.autograd.grad(model(xx).softmax(1)[:, cls].sum(), xx)
+    return float(abs(nchw_to_nhwc(ours) - theirs).max()) / max(float(abs(theirs).max()), 1e-30)
 
 
 @dataclass
@@ -181,13 +211,14 @@ class ReferenceRun:
 
 def alibi_cem(classifier: CEMClassifier, x0: torch.Tensor, mode: str, config: CEMConfig,
               autoencoder: CEMAutoencoder | None = None, progress=None) -> ReferenceRun:
-    """Explain each instance of ``x0`` with alibi's CEM (one instance per call, as alibi supports)."""
-    if config.scores != "probs":
-        raise ValueError("the reference works on the Keras model's softmax output: use scores='probs'")
+    """Explain each instance of ``x0`` with alibi's CEM (one instance per call, as alibi supports).
+
+    ``config.scores`` picks the Keras copy's output (softmax for ``"probs"``, logits for
+    ``"logits"``), on which alibi puts its hinge loss."""
     _fresh_graph()
     from alibi.explainers import CEM
 
-    kc = keras_classifier(classifier, softmax=True)
+    kc = keras_classifier(classifier, softmax=config.scores == "probs")
     ka = keras_autoencoder(autoencoder) if (autoencoder is not None and config.gamma > 0) else None
     cem = CEM(
         kc, mode=mode, shape=(1, 28, 28, 1), kappa=config.kappa, beta=config.beta,
@@ -222,7 +253,7 @@ def alibi_last_iterate(classifier: CEMClassifier, x0: torch.Tensor, mode: str, c
     _fresh_graph()
     from alibi.explainers import CEM
 
-    kc = keras_classifier(classifier, softmax=True)
+    kc = keras_classifier(classifier, softmax=config.scores == "probs")
     ka = keras_autoencoder(autoencoder) if (autoencoder is not None and config.gamma > 0) else None
     cem = CEM(kc, mode=mode, shape=(1, 28, 28, 1), kappa=config.kappa, beta=config.beta,
               feature_range=config.feature_range, gamma=config.gamma, ae_model=ka,
