@@ -56,8 +56,14 @@ def chapters_in_toc() -> list[Path]:
     return [REPO / f"{f}.md" for f in files if f.startswith("chapters/") and (REPO / f"{f}.md").exists()]
 
 
-def execution_key(source: Path, params: dict) -> str:
+# Chapters that read the other chapters' run records: their key includes the keys of the chapters
+# before them, so they are re-executed whenever one of those is.
+AGGREGATES = {"scorecard"}
+
+
+def execution_key(source: Path, params: dict, upstream: str = "") -> str:
     h = hashlib.sha256()
+    h.update(upstream.encode())
     for path in [source, REPO / "requirements.txt", *sorted((REPO / "lib").rglob("*.py"))]:
         h.update(str(path.relative_to(REPO)).encode())
         h.update(path.read_bytes())
@@ -73,10 +79,10 @@ def stored_key(notebook: Path) -> str | None:
         return None
 
 
-def execute(source: Path, params: dict, force: bool) -> tuple[str, float]:
+def execute(source: Path, params: dict, force: bool, upstream: str = "") -> tuple[str, float]:
     """Execute one chapter if needed; returns (status, seconds)."""
     out = source.with_suffix(".ipynb")
-    key = execution_key(source, params)
+    key = execution_key(source, params, upstream if source.stem in AGGREGATES else "")
     if not force and out.exists() and stored_key(out) == key:
         return "up to date", 0.0
     tmp = out.with_name(f".{out.stem}.running.ipynb")
@@ -111,8 +117,10 @@ def main() -> int:
     args = ap.parse_args()
 
     total = time.perf_counter()
+    keys = []
     for source in chapters_in_toc():
-        status, seconds = execute(source, {"profile": args.profile}, args.force)
+        status, seconds = execute(source, {"profile": args.profile}, args.force, upstream="".join(keys))
+        keys.append(stored_key(source.with_suffix(".ipynb")) or "")
         print(f"build_book: {source.relative_to(REPO)}: {status}" + (f" in {seconds:.0f} s" if seconds else ""), flush=True)
     if not args.execute_only:
         t0 = time.perf_counter()

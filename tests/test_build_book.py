@@ -36,3 +36,11 @@ def test_key_changes_with_source_lib_requirements_and_parameters(repo):
 
 def test_chapters_are_taken_from_the_toc(repo):
     assert build_book.chapters_in_toc() == [repo / "chapters" / "a.md"]
+
+
+def test_aggregating_chapters_depend_on_the_chapters_before_them(repo):
+    src = repo / "chapters" / "a.md"
+    scorecard = repo / "chapters" / "scorecard.md"
+    scorecard.write_text("# S\n")
+    assert build_book.execution_key(scorecard, {"profile": "quick"}, "k1") != build_book.execution_key(scorecard, {"profile": "quick"}, "k2")
+    assert build_book.execution_key(src, {"profile": "quick"}) == build_book.execution_key(src, {"profile": "quick"}, "")

@@ -1,0 +1,165 @@
+"""The scorecard: every chapter's claims from its run records, with verdicts combined over seeds.
+
+Reads the run records that every chapter writes (:mod:`lib.records`) and turns them into one row
+per (chapter, claim, profile, data): the paper's value and source, our value (with its spread over
+seeds where several seeds ran), the rule, the verdict of each seed and a combined verdict:
+
+* every seed gives the same verdict: that verdict;
+* seeds disagree between "reproduced" and "not reproduced": **inconclusive** (the verdict depends
+  on the seed, so the evidence does not settle the claim);
+* otherwise (a mix with "inconclusive" or "not testable here"): "inconclusive", unless every seed
+  is "not testable here".
+
+A record is *stale* when the chapter's source or ``lib/`` changed in git after the commit it ran at.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from lib.claims import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, VERDICTS
+from lib.records import REPO_ROOT, load_records
+
+
+def book_records(repo: Path = REPO_ROOT) -> list[dict]:
+    """The records of the book's last build: those named in the executed chapters' metadata."""
+    import nbformat
+
+    out = []
+    for nb_path in sorted((repo / "chapters").glob("*.ipynb")):
+        meta = nbformat.read(nb_path, as_version=4).metadata.get("xai_book", {})
+        rec = meta.get("record")
+        if rec and (repo / rec).exists():
+            doc = json.loads((repo / rec).read_text())
+            doc["_path"] = rec
+            out.append(doc)
+    return out
+
+
+def combine(verdicts: Iterable[str]) -> str:
+    """One verdict from the verdicts of several seeds (see the module docstring)."""
+    vs = list(verdicts)
+    if not vs:
+        return NOT_TESTABLE
+    if len(set(vs)) == 1:
+        return vs[0]
+    if all(v == NOT_TESTABLE for v in vs):
+        return NOT_TESTABLE
+    return INCONCLUSIVE
+
+
+def _value(ours) -> float | None:
+    if isinstance(ours, dict):
+        for key in ("value", "p"):
+            if isinstance(ours.get(key), (int, float)) and not isinstance(ours.get(key), bool):
+                return float(ours[key])
+        return None
+    if isinstance(ours, (int, float)) and not isinstance(ours, bool):
+        return float(ours)
+    return None
+
+
+def _text(ours) -> str:
+    if isinstance(ours, dict) and {"value", "low", "high"} <= set(ours):
+        if ours.get("n") is None:
+            return f"{ours['value']:.4g}"
+        return f"{ours['value']:.4g} [{ours['low']:.4g}, {ours['high']:.4g}] (n={ours['n']})"
+    if isinstance(ours, dict) and "p" in ours:
+        return f"p = {ours['p']:.3g} (n={ours.get('n')})"
+    if isinstance(ours, float):
+        return f"{ours:.4g}"
+    return str(ours)
+
+
+def is_stale(record: dict, chapter_source: str, repo: Path = REPO_ROOT) -> bool | None:
+    """True when the chapter's source or lib/ changed after the record's commit (None if unknown)."""
+    commit = (record.get("git") or {}).get("commit")
+    if not commit:
+        return None
+    try:
+        out = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", chapter_source, "lib"], cwd=repo,
+                             capture_output=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode not in (0, 1):
+        return None
+    return out.returncode == 1
+
+
+def rows(records: list[dict], repo: Path = REPO_ROOT) -> list[dict]:
+    """One row per (chapter, claim, profile, data): values and verdicts over seeds, combined."""
+    groups: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
+    latest: dict[tuple, dict] = {}
+    # keep the newest record per (chapter, profile, data, seed, parameters)
+    for rec in sorted(records, key=lambda r: r.get("started", "")):
+        params = json.dumps(rec.get("parameters", {}), sort_keys=True, default=str)
+        latest[(rec["chapter"], rec.get("profile"), bool(rec.get("full_data")), rec.get("seed"), params)] = rec
+    for (chapter, profile, full, seed, _), rec in sorted(latest.items(), key=lambda kv: str(kv[0])):
+        for c in rec.get("claims", []):
+            groups[(chapter, c["id"], profile, full)].append((rec, c))
+    out = []
+    for (chapter, cid, profile, full), items in groups.items():
+        items.sort(key=lambda rc: rc[0].get("seed", 0))
+        recs = [r for r, _ in items]
+        claims = [c for _, c in items]
+        values = [v for v in (_value(c["ours"]) for c in claims) if v is not None]
+        stale = [is_stale(r, f"chapters/{chapter}.md", repo) for r in recs]
+        hw = sorted({(r.get("hardware") or {}).get("cpu", "?") for r in recs})
+        first = claims[0]
+        out.append({
+            "chapter": chapter,
+            "claim": cid,
+            "statement": first["statement"],
+            "source": first["source"],
+            "paper": "" if first.get("paper") is None else str(first["paper"]),
+            "ours": _text(first["ours"]) if len(claims) == 1 else
+            (f"{np.mean(values):.4g} (seeds: {', '.join(f'{v:.4g}' for v in values)})" if values else
+             "; ".join(_text(c["ours"]) for c in claims)),
+            "spread": float(np.std(values)) if len(values) > 1 else None,
+            "rule": first["rule"] + (f" ({first['why']})" if first.get("why") else ""),
+            "seeds": [r.get("seed") for r in recs],
+            "verdicts": [c["verdict"] for c in claims],
+            "verdict": combine(c["verdict"] for c in claims),
+            "detail": claims[0]["detail"] if len(claims) == 1 else "; ".join(f"seed {r.get('seed')}: {c['verdict']}" for r, c in items),
+            "profile": profile,
+            "data": "full" if full else "sample",
+            "hardware": ", ".join(hw),
+            "commit": ", ".join(sorted({((r.get("git") or {}).get("commit") or "?")[:10] for r in recs})),
+            "stale": any(s for s in stale if s),
+        })
+    return out
+
+
+def verdict_counts(table: list[dict]) -> dict[str, dict[str, int]]:
+    """chapter -> verdict -> number of claims."""
+    counts: dict[str, dict[str, int]] = {}
+    for r in table:
+        counts.setdefault(r["chapter"], {v: 0 for v in VERDICTS})[r["verdict"]] += 1
+    return counts
+
+
+VERDICT_COLOURS = {REPRODUCED: "#4c9f70", NOT_REPRODUCED: "#c8553d", INCONCLUSIVE: "#e3b23c", NOT_TESTABLE: "#9aa5b1"}
+
+
+def plot_verdicts(ax, counts: dict[str, dict[str, int]], title: str = "verdicts per paper") -> None:
+    """Stacked horizontal bars: number of claims per verdict, one bar per chapter."""
+    chapters = list(counts)
+    left = np.zeros(len(chapters))
+    for v in VERDICTS:
+        vals = np.array([counts[c][v] for c in chapters], dtype=float)
+        ax.barh(chapters, vals, left=left, color=VERDICT_COLOURS[v], label=v)
+        left += vals
+    ax.set_xlabel("claims")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    ax.invert_yaxis()
+
+
+def load(runs: str | Path | None) -> list[dict]:
+    """The book's own records (``runs=None``) or every record under a folder (a sweep's output)."""
+    return book_records() if runs is None else load_records(runs)
