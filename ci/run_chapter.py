@@ -36,11 +36,12 @@ def to_notebook(source: Path) -> nbformat.NotebookNode:
     return nb
 
 
-def run(source: Path, output: Path, papermill_args: list[str], env: dict | None = None, record_dir: Path | None = None) -> int:
+def run(source: Path, output: Path, papermill_args: list[str], env: dict | None = None, record_dir: Path | None = None,
+        log: Path | None = None) -> int:
     """Execute ``source`` into ``output``; returns papermill's exit code.
 
     The run record goes to ``record_dir`` (default: the output's folder) unless ``env`` sets
-    ``XAI_RECORD_PATH`` or ``XAI_RECORD_DIR`` itself.
+    ``XAI_RECORD_PATH`` or ``XAI_RECORD_DIR`` itself. ``log``: write papermill's output to this file.
     """
     if not source.exists():
         print(f"run_chapter: {source} does not exist", file=sys.stderr)
@@ -57,7 +58,10 @@ def run(source: Path, output: Path, papermill_args: list[str], env: dict | None 
             args += ["--cwd", str(source.resolve().parent)]
         base = {k: v for k, v in os.environ.items() if k != "XAI_RECORD_PATH"}
         record_env = {"XAI_RECORD_DIR": str((record_dir or output.parent).resolve()), "XAI_RECORD_NAME": output.stem}
-        return subprocess.call(args + papermill_args, env={**base, **record_env, **(env or {})})
+        if log is None:
+            return subprocess.call(args + papermill_args, env={**base, **record_env, **(env or {})})
+        with open(log, "w") as f:
+            return subprocess.call(args + papermill_args, env={**base, **record_env, **(env or {})}, stdout=f, stderr=subprocess.STDOUT)
 
 
 def main(argv: list[str]) -> int:
