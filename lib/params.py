@@ -153,11 +153,16 @@ def resolve(spec: Mapping[str, Param], **values: Any) -> Resolved:
 
 
 def check_device(device: str) -> str:
-    """Return ``device`` if torch can use it here, else raise a :class:`ParameterError` saying why."""
+    """Return ``device`` if torch can use it here, else raise a :class:`ParameterError` saying why.
+
+    ``"auto"`` resolves to ``"cuda"`` when a CUDA GPU is available and to ``"cpu"`` otherwise.
+    """
     import torch
 
     if not isinstance(device, str):
-        raise ParameterError(f"device={device!r}: expected a string such as 'cpu' or 'cuda'")
+        raise ParameterError(f"device={device!r}: expected a string such as 'cpu', 'cuda' or 'auto'")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError as err:

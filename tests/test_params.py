@@ -58,3 +58,11 @@ def test_device_check():
     if not torch.cuda.is_available():
         with pytest.raises(ParameterError, match="no CUDA GPU.*device cpu"):
             check_device("cuda")
+
+
+def test_auto_device_resolves_to_what_this_machine_has():
+    import torch
+
+    from lib.params import check_device
+
+    assert check_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
