@@ -438,7 +438,16 @@ def deepshap_blocks(
     targets = _targets(model, x, target)
     with eval_mode(model):
         explainer = shap.DeepExplainer(model, background)
-        vals = explainer.shap_values(x, check_additivity=check_additivity)
+        if target is None and not check_additivity:
+            # only the predicted (largest-logit) class: one backward pass per image instead of K (shap's own
+            # additivity check does not support ranked outputs, hence the full path when it is asked for)
+            vals, ranks = explainer.shap_values(x, ranked_outputs=1, output_rank_order="max",
+                                                check_additivity=check_additivity)
+            if not torch.equal(torch.as_tensor(ranks)[:, 0].long(), targets):
+                raise RuntimeError("DeepExplainer's top-ranked output differs from the predicted class")
+            targets = torch.zeros(len(x), dtype=torch.long)  # the single explained output
+        else:
+            vals = explainer.shap_values(x, check_additivity=check_additivity)
     arr = np.asarray(vals)
     if arr.ndim == 5:  # (N, C, H, W, K): one map per output
         arr = arr[np.arange(len(x)), ..., targets.numpy()]

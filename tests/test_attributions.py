@@ -208,6 +208,20 @@ def test_all_baselines_run_on_small_models() -> None:
         np.testing.assert_allclose(r.abs().sum(1).numpy(), 1.0, rtol=1e-5, err_msg=name)
 
 
+def test_deepshap_of_the_predicted_class_only_equals_the_full_computation() -> None:
+    """The fast path (shap's ranked_outputs=1: one backward pass per image) gives the same maps as
+    explaining every output and picking the predicted class."""
+    torch.manual_seed(1)
+    x = torch.rand(4, 1, 8, 8)
+    cnn = tiny_cnn()
+    bg = torch.rand(5, 1, 8, 8)
+    fast = deepshap_blocks(cnn, x, bg, 2)
+    full = deepshap_blocks(cnn, x, bg, 2, check_additivity=True)  # the path over all outputs
+    pred = deepshap_blocks(cnn, x, bg, 2, target=cnn(x).argmax(1))
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(fast, pred, rtol=1e-5, atol=1e-7)
+
+
 def test_baselines_generic_three_channel() -> None:
     torch.manual_seed(4)
     model = tiny_cnn(c=3)

@@ -394,20 +394,26 @@ def test_skip_unchanged_is_exact_and_skips_background_blocks() -> None:
     assert model.seen == 4 * 17
 
 
-def test_search_configs_start_with_the_paper_and_stay_in_range() -> None:
+def test_search_configs_start_with_the_paper_and_stay_in_the_appendix_ranges() -> None:
     from lib.cxplain import PAPER_SELECTION, SEARCH_RANGES, search_configs, unet_depth
 
-    mlp = search_configs("mlp", 6, seed=3)
-    assert mlp[0] == PAPER_SELECTION["mlp"] and len(mlp) == 6
-    assert mlp == search_configs("mlp", 6, seed=3) and mlp != search_configs("mlp", 6, seed=4)
-    lo, hi = SEARCH_RANGES["mlp"]["hidden"]
-    assert all(lo <= c["hidden"] <= hi and 0 <= c["dropout"] <= 0.5 for c in mlp)
+    # the paper's ranges (appendix A, Tables S1-S3)
+    assert SEARCH_RANGES["mlp"] == {"hidden": (70, 140), "dropout": (0.0, 0.10)}
+    assert SEARCH_RANGES["unet"] == {"base_filters": (65, 80), "dropout": (0.0, 0.10)}
+    assert SEARCH_RANGES["unet_imagenet"] == {"base_filters": (8, 24), "dropout": (0.0, 0.10)}
+    mlp = search_configs("mlp", 8, seed=3)
+    assert mlp[0] == PAPER_SELECTION["mlp"] and len(mlp) == 8
+    assert mlp == search_configs("mlp", 8, seed=3) and mlp != search_configs("mlp", 8, seed=4)
+    assert all(70 <= c["hidden"] <= 140 and 0 <= c["dropout"] <= 0.10 for c in mlp)
     assert len({c["hidden"] for c in mlp}) > 3
     assert all(c["lr"] == 1e-3 and c["batch_size"] == 100 and c["n_layers"] == 2 for c in mlp)
-    unet = search_configs("unet", 4, seed=0, max_filters=16)
-    assert unet[0]["base_filters"] == 16 and unet[0]["dropout"] == PAPER_SELECTION["unet"]["dropout"]
-    assert all(c["base_filters"] <= 16 and c["depth"] == 2 and c["lr"] == 2e-3 for c in unet)
-    assert search_configs("unet", 1)[0]["base_filters"] == 77
+    unet = search_configs("unet", 6, seed=0)
+    assert unet[0]["base_filters"] == 77 and unet[0]["dropout"] == PAPER_SELECTION["unet"]["dropout"]
+    assert all(65 <= c["base_filters"] <= 80 and c["depth"] == 2 and c["lr"] == 2e-3 and c["batch_size"] == 128
+               for c in unet)
+    inet = search_configs("unet_imagenet", 6, seed=0, block=16)
+    assert inet[0]["base_filters"] == 12 and inet[0]["dropout"] == 0.0561 and inet[0]["lr"] == 1e-3
+    assert all(8 <= c["base_filters"] <= 24 and c["depth"] == 4 and c["batch_size"] == 32 for c in inet)
     assert unet_depth(2) == 2 and unet_depth(16) == 4 and search_configs("unet", 1, block=16)[0]["depth"] == 4
     with pytest.raises(ValueError):
         search_configs("cnn", 1)  # type: ignore[arg-type]
@@ -431,7 +437,8 @@ def test_build_explainer_is_seeded_without_touching_the_global_rng() -> None:
     torch.manual_seed(7)
     e = build_explainer("mlp", cfg, (1, 8, 8), 2, seed=None)
     assert torch.equal(flat(d), flat(e))
-    unet = build_explainer("unet", search_configs("unet", 1, max_filters=4, block=4)[0], (3, 16, 16), 4, seed=0)
+    small = {**search_configs("unet", 1, block=4)[0], "base_filters": 4}
+    unet = build_explainer("unet", small, (3, 16, 16), 4, seed=0)
     assert unet(torch.rand(2, 3, 16, 16)).shape == (2, 16)
 
 
@@ -450,3 +457,82 @@ def test_correlation_one_sided_p_and_block_subset() -> None:
     expected = stats.spearmanr(unc[where], rank_error(noisy, omega)[where]).statistic
     assert sub.rho == pytest.approx(expected)
     assert np.isnan(uncertainty_rank_correlation(unc, noisy, omega, where=np.zeros_like(where)).rho)
+
+
+def test_per_image_correlation_tests_images_not_blocks() -> None:
+    from lib.cxplain import per_image_uncertainty_correlation
+    from lib.stats import one_sample_test
+
+    rng = np.random.default_rng(2)
+    omega = rng.dirichlet(np.ones(30), size=12)
+    unc = rng.uniform(0, 1, size=omega.shape)
+    noisy = omega + 0.05 * unc * rng.standard_normal(omega.shape)  # error grows with uncertainty in every image
+    rhos = per_image_uncertainty_correlation(unc, noisy, omega)
+    assert rhos.shape == (12,)
+    for i in (0, 5):
+        assert rhos[i] == pytest.approx(stats.spearmanr(unc[i], rank_error(noisy, omega)[i]).statistic)
+    assert one_sample_test(rhos, "greater").p < 0.01
+    # uninformative uncertainty: no image-level evidence (the test is over 12 images, not 360 blocks)
+    flat = per_image_uncertainty_correlation(rng.uniform(size=omega.shape), noisy, omega)
+    assert one_sample_test(flat, "greater").p > 0.01
+    # an image with constant uncertainty has no rho; a block subset changes only which pairs count
+    unc2 = unc.copy()
+    unc2[3] = 0.5
+    r2 = per_image_uncertainty_correlation(unc2, noisy, omega)
+    assert np.isnan(r2[3]) and np.isfinite(np.delete(r2, 3)).all()
+    where = omega > np.median(omega, axis=1, keepdims=True)
+    sub = per_image_uncertainty_correlation(unc, noisy, omega, where=where)
+    assert sub[1] == pytest.approx(stats.spearmanr(unc[1][where[1]], rank_error(noisy, omega)[1][where[1]]).statistic)
+    assert np.isnan(per_image_uncertainty_correlation(unc, noisy, omega, where=np.zeros_like(where))).all()
+
+
+def test_omega_float32_scale_bounds_a_float32_recomputation() -> None:
+    """A float32 rounding of the logits moves Omega by a few units of the scale, a changed floor by far more."""
+    from lib.reference.cxplain_ref import KERAS_EPSILON, keras_categorical_crossentropy, omega_float32_scale
+
+    torch.manual_seed(0)
+    net = toy_model(c=1)
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 1])
+    scale = omega_float32_scale(net, x, y, 2)
+    assert scale.shape == (4,) and (scale > 0).all()
+
+    def omega_with(model):
+        return compute_omega(model, x, y, 2, 0.0, loss=keras_categorical_crossentropy, delta_floor=KERAS_EPSILON).double()
+
+    base = omega_with(net)
+    # the same model with every logit perturbed by one float32 ulp-sized relative error
+    noisy = nn.Sequential(net, _Jitter(torch.finfo(torch.float32).eps))
+    units = ((omega_with(noisy) - base).abs().max(1).values / scale).max()
+    assert units <= 16
+    # a real difference: logits off by 1e-4 relative (e.g. a layer computed in half precision)
+    coarse = nn.Sequential(net, _Jitter(1e-4))
+    assert ((omega_with(coarse) - base).abs().max(1).values / scale).max() > 16
+
+
+class _Jitter(nn.Module):
+    """Multiply logits by (1 + u), u uniform in [-eps, eps] (a float32 rounding-sized perturbation)."""
+
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator().manual_seed(len(z))
+        return z * (1 + self.eps * (2 * torch.rand(z.shape, generator=g) - 1))
+
+
+def test_resnet32_and_augmentation_only_in_training() -> None:
+    from lib.models.resnet import Augmented, resnet20, resnet32
+
+    n_conv = lambda m: sum(isinstance(k, nn.Conv2d) and k.kernel_size == (3, 3) for k in m.modules())  # noqa: E731
+    assert n_conv(resnet20()) == 19 and n_conv(resnet32(in_channels=3)) == 31  # + the final linear layer: 20, 32
+    m = Augmented(resnet32(n_classes=2, in_channels=3))
+    x = torch.rand(6, 3, 32, 32)
+    m.eval()
+    assert torch.equal(m.augment(x), x) and torch.equal(m(x), m.net(x))
+    m.train()
+    torch.manual_seed(0)
+    a = m.augment(x)
+    assert a.shape == x.shape and not torch.equal(a, x)
+    # within the paper's ranges the image content stays mostly inside the frame
+    assert (a.sum((1, 2, 3)) > 0.5 * x.sum((1, 2, 3))).all()

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["BasicBlock", "ResNet20", "resnet20"]
+__all__ = ["BasicBlock", "ResNet20", "resnet20", "resnet32", "RandomAugment", "Augmented"]
 
 
 class BasicBlock(nn.Module):
@@ -121,3 +121,59 @@ class ResNet20(nn.Module):
 def resnet20(n_classes: int = 2, in_channels: int = 1, **kwargs: object) -> ResNet20:
     """Build the ResNet-20 (no batch norm) used as CXPlain's MNIST target model."""
     return ResNet20(n_classes=n_classes, in_channels=in_channels, **kwargs)  # type: ignore[arg-type]
+
+
+def resnet32(n_classes: int = 2, in_channels: int = 3, **kwargs: object) -> ResNet20:
+    """ResNet-32 without batch norm (5 basic blocks per stage: 6 * 5 + 2 = 32 layers): the target model
+    of the paper's ImageNet benchmark (appendix A, "ImageNet Benchmark": binary, ReLU, no batch norm,
+    trained from scratch)."""
+    return ResNet20(n_classes=n_classes, in_channels=in_channels, blocks_per_stage=5, **kwargs)  # type: ignore[arg-type]
+
+
+class RandomAugment(nn.Module):
+    """Random data augmentation of a batch, active only in training mode (identity in eval mode).
+
+    The paper's ImageNet target (appendix A) was trained with "a randomised shear, zoom, width shift,
+    and height shift of up to 10%", rotations of at most 20 degrees and random horizontal flips
+    (Keras' ``ImageDataGenerator``). Here one random affine map per image (``affine_grid`` +
+    ``grid_sample``, bilinear, zero padding) with those ranges, then a flip with probability 1/2.
+    Draws from the global torch RNG (seeded by the training loop's caller).
+    """
+
+    def __init__(self, shear: float = 0.1, zoom: float = 0.1, shift: float = 0.1, rotation_deg: float = 20.0,
+                 hflip: bool = True) -> None:
+        super().__init__()
+        self.shear, self.zoom, self.shift, self.rotation, self.hflip = shear, zoom, shift, rotation_deg, hflip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if not self.training:
+            return x
+        n = x.shape[0]
+        u = lambda a: (torch.rand(n, dtype=x.dtype, device=x.device) * 2 - 1) * a  # noqa: E731
+        angle = u(self.rotation) * torch.pi / 180
+        zx, zy = 1 + u(self.zoom), 1 + u(self.zoom)
+        sh = u(self.shear)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+        theta[:, 0, 0], theta[:, 0, 1] = cos * zx, -sin * zx + sh
+        theta[:, 1, 0], theta[:, 1, 1] = sin * zy, cos * zy
+        theta[:, 0, 2], theta[:, 1, 2] = u(2 * self.shift), u(2 * self.shift)  # grid units: [-1, 1] spans the image
+        grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+        out = nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if self.hflip:
+            flip = torch.rand(n, device=x.device) < 0.5
+            out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+        return out
+
+
+class Augmented(nn.Module):
+    """``net`` preceded by :class:`RandomAugment`: train this, explain ``.net`` (no augmentation module in the
+    explained model, so DeepSHAP and the masking metric see the plain network)."""
+
+    def __init__(self, net: nn.Module, **augment: float) -> None:
+        super().__init__()
+        self.augment = RandomAugment(**augment)  # type: ignore[arg-type]
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.net(self.augment(x))

@@ -62,6 +62,8 @@ __all__ = [
     "reference_omega",
     "keras_categorical_crossentropy",
     "omega_reference_compatible",
+    "EPS32",
+    "omega_float32_scale",
     "patch_reference_for_training",
     "fit_reference_explainer",
     "reference_explain_blocks",
@@ -166,6 +168,33 @@ def omega_reference_compatible(model: nn.Module, x: torch.Tensor, y: torch.Tenso
     """:func:`lib.cxplain.compute_omega` with the reference's loss, epsilon floor and final clip."""
     omega = compute_omega(model, x, y, block, 0.0, loss=keras_categorical_crossentropy, delta_floor=KERAS_EPSILON)
     return omega.clamp(KERAS_EPSILON, 1.0)
+
+
+EPS32 = float(torch.finfo(torch.float32).eps)
+
+
+def omega_float32_scale(model: nn.Module, x: torch.Tensor, y: torch.Tensor, block: int = 2) -> torch.Tensor:
+    """Per image, the size of one float32 rounding of the reference's Omega: ``eps32 * (1 + max_j eps_j) / sum_j Delta_j``.
+
+    The reference computes every loss ``eps`` (of the image and of each masked copy) as a float32
+    clipped cross-entropy, known to about ``eps32 * (1 + eps)`` (absolute: the rounding of the
+    probability near 1 and of the logarithm); ``Omega_i = Delta_i / sum_j Delta_j`` divides loss
+    differences by the image's total loss increase, which magnifies that rounding when the total is
+    small (a confident model). A cross-implementation difference is judged in units of this scale
+    (float64 ``(N,)``): a few units are rounding, many units a real difference.
+    """
+    from lib.attributions import block_masks, predict_logits
+
+    _, delta = compute_omega(model, x, y, block, 0.0, loss=keras_categorical_crossentropy, delta_floor=KERAS_EPSILON,
+                             return_delta=True)
+    masks = block_masks(x.shape, block)
+    out = []
+    for i in range(len(x)):
+        copies = torch.where(masks[:, None], torch.zeros((), dtype=x.dtype), x[i : i + 1])
+        logits = predict_logits(model, torch.cat([x[i : i + 1], copies]))
+        eps_max = keras_categorical_crossentropy(logits, torch.full((len(logits),), int(y[i]))).double().max()
+        out.append(EPS32 * (1.0 + eps_max) / delta[i].sum())
+    return torch.stack(out)
 
 
 def patch_reference_for_training() -> None:
