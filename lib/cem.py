@@ -24,8 +24,9 @@ elastic-net distance ``||d||_2^2 + beta * ||d||_1``.
 
 Unlike the reference (one instance per call), everything here is batched over instances: each
 instance has its own ``c`` and its own best solution. On a CPU, pass the models and ``x0`` in
-``torch.channels_last`` memory format: max-pooling's backward pass is then vectorised and a
-search runs about a third faster (same arithmetic up to float rounding).
+``torch.channels_last`` memory format: max-pooling is then vectorised over channels and a search
+runs faster (same arithmetic up to float rounding; ``benchmarks/bench_cem.py --layouts`` measures
+it).
 
 The hinge ``f_kappa`` is computed on the classifier's logits (``scores="logits"``, as in the CEM
 authors' ``aen_CEM.py``, IBM/Contrastive-Explanation-Method @ c09c28c, whose MNIST model returns
