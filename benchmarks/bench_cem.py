@@ -11,8 +11,8 @@ instances are real MNIST test digits. alibi explains one instance per call (its 
 ours is timed both one instance per call and batched over all instances.
 
 ``--layouts`` times our batched search in float32 (contiguous and channels-last memory layout) and
-in float64, without alibi. ``--search-length`` trains the CEM chapter's quick-profile models (CNN 5
-epochs, auto-encoder 4, float64, committed MNIST sample, seed 0; several minutes on 2 cores), runs
+in float64, without alibi. ``--search-length`` loads (or trains) the CEM chapter's quick-profile models
+(CNN 5 epochs, auto-encoder 4, float64, committed MNIST sample, seed 0; the chapter's cache), runs
 the chapter's PN and PP search (hinge on logits, gamma 100, 10 values of c) with each number of
 iterations per c, and prints, per length, the mean elastic-net distance of the best explanations,
 their mean number of pixels changed by more than 0.1, and for how many digits the class differs
@@ -63,11 +63,24 @@ def search_length(args) -> None:
     from lib.data import stratified_indices
     from lib.train import fit, predict
 
+    import lib.train
+    from lib.cache import cached_model
+
     ds = load_mnist(verbose=False)
     x_train, x_test, y_train, y_test = ds.x_train - 0.5, ds.x_test - 0.5, ds.y_train, ds.y_test
-    cnn, ae = CEMClassifier(), CEMAutoencoder()
-    fit(cnn, x_train, y_train, F.cross_entropy, epochs=5, batch_size=64, seed=0, progress=False, dtype=torch.float64)
-    fit(ae, x_train, x_train, F.mse_loss, epochs=4, batch_size=128, seed=0, progress=False, dtype=torch.float64)
+    # the chapter's quick-profile models (same cache keys: loaded if the chapter ran, else trained)
+    cnn, _ = cached_model(
+        "cem-mnist-cnn", {"arch": "CEMClassifier", "n_blocks": 2, "epochs": 5, "batch_size": 64, "lr": 1e-3, "seed": 0,
+                          "dtype": "float64"}, lambda: CEMClassifier(n_blocks=2),
+        lambda m: fit(m, x_train, y_train, F.cross_entropy, epochs=5, batch_size=64, lr=1e-3, seed=0, desc="CNN",
+                      dtype=torch.float64),
+        data_fingerprint=ds.fingerprint, code=[lib.train])
+    ae, _ = cached_model(
+        "cem-mnist-ae", {"arch": "CEMAutoencoder", "epochs": 4, "batch_size": 128, "lr": 1e-3, "seed": 0, "dtype": "float64"},
+        CEMAutoencoder,
+        lambda m: fit(m, x_train, x_train, F.mse_loss, epochs=4, batch_size=128, lr=1e-3, seed=0, desc="AE",
+                      dtype=torch.float64),
+        data_fingerprint=ds.fingerprint, code=[lib.train])
     logits = predict(cnn, x_test)
     correct = (logits.argmax(1) == y_test).nonzero().squeeze(1)
     x = x_test[correct[stratified_indices(y_test[correct], args.n, seed=0)]].float()
