@@ -164,8 +164,8 @@ def compute_omega(
     With ``skip_unchanged`` (default), a masked copy identical to the original (a block whose
     pixels already all equal ``mask_value``, e.g. black background on MNIST) is not passed
     through the model: its loss *is* ``eps_X``, so its ``Delta`` is exactly 0 (then floored at
-    ``delta_floor``). This is exact, not an approximation, and skips about 70% of the forward
-    passes on MNIST (only ~29% of the 2x2 blocks of an 8 or a 3 contain ink).
+    ``delta_floor``). This is exact, not an approximation; on MNIST most 2x2 blocks are
+    background, so most forward passes are skipped (the CXPlain chapter counts the share).
 
     Args:
         model: target model, ``(N, C, H, W) -> (N, K)`` logits.
