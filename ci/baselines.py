@@ -13,7 +13,10 @@ compared with ``ci/baselines/<chapter>.json``:
 * text, booleans and verdicts must be equal; integers too, unless a tolerance names them;
 * numbers must satisfy ``|new - baseline| <= max(abs, rel * |baseline|)``, with the file's
   ``default`` tolerance or the first matching pattern in its ``tolerances`` (each with its reason);
-* an output that appears or disappears fails too.
+* an output that appears or disappears fails too;
+* a pattern with ``"ignore": true`` exempts a value that cannot be reproduced by construction (a
+  measured time); its reason is stated like any tolerance's, and the verdict built on it is still
+  checked.
 
 A failure names the chapter, the output and both values. ``accept`` rewrites the values (and the
 parameters and data fingerprint they were made with) and keeps the tolerances and their reasons,
@@ -94,6 +97,8 @@ def _number(v: Any) -> bool:
 def compare_one(chapter: str, name: str, old: Any, new: Any, baseline: dict) -> Problem | None:
     """None when ``new`` matches ``old`` under the baseline's tolerance for ``name``."""
     tol = _tolerance(baseline, name)
+    if tol.get("ignore") and not name.endswith(".verdict"):
+        return None  # e.g. a measured time: its verdict is checked, its value cannot be
     named = any(fnmatch.fnmatchcase(name, p) for p in baseline.get("tolerances", {}))
     if _number(old) and _number(new) and (isinstance(old, float) or isinstance(new, float) or named):
         if isinstance(old, float) and isinstance(new, float) and math.isnan(old) and math.isnan(new):

@@ -72,6 +72,15 @@ def test_named_tolerances_apply_and_missing_or_new_outputs_fail(baseline_dir):
     assert any("disappeared" in p.message for p in problems) and any("is new" in p.message for p in problems)
 
 
+def test_ignored_values_are_not_compared_but_their_verdicts_are(baseline_dir):
+    rec = record({"seconds": 3.0}, [claim(5000.0, 5000.0, 5000.0)])
+    base = make_baseline(rec, baseline_dir, {"outputs.seconds": {"ignore": True, "why": "a measured time"},
+                                             "claim.demo.c.*": {"ignore": True, "why": "a time ratio"}})
+    assert baselines.compare(record({"seconds": 9.0}, [claim(900.0, 900.0, 900.0)]), base) == []
+    slower = record({"seconds": 9.0}, [claim(9.0, 9.0, 9.0, verdict="not reproduced")])
+    assert [p.output for p in baselines.compare(slower, base)] == ["claim.demo.c.verdict"]
+
+
 def test_other_parameters_are_not_compared(baseline_dir):
     base = make_baseline(record({"acc": 0.9}), baseline_dir)
     problems = baselines.compare(record({"acc": 0.9}, params={"profile": "quick", "seed": 1}), base)
