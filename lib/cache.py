@@ -145,19 +145,50 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class ArtifactCache:
-    """Get-or-create store of payloads (dicts of tensors and plain Python values)."""
+COMMITTED = REPO_ROOT / "data" / "artifacts"
 
-    def __init__(self, root: Path | None = None):
+
+class ArtifactCache:
+    """Get-or-create store of payloads (dicts of tensors and plain Python values).
+
+    ``committed``: read-only folders searched after ``root`` (default: ``data/artifacts``, where the
+    book commits the few small quick-profile models whose float training would otherwise differ
+    between CPUs, with the same key and checksum files; ``ci/freeze_artifacts.py`` copies them there).
+    An artifact is found there only if its key matches, i.e. only for the same configuration, data and
+    code; anything else is trained as usual.
+    """
+
+    def __init__(self, root: Path | None = None, committed: list[Path] | None = None):
         self.root = Path(root) if root is not None else cache_dir()
+        if committed is None:
+            committed = [] if os.environ.get("XAI_NO_COMMITTED_ARTIFACTS") else [COMMITTED]
+        self.committed = [Path(c) for c in committed]
 
     def paths(self, name: str, key: str) -> tuple[Path, Path]:
         folder = self.root / name
         return folder / f"{key}.pt", folder / f"{key}.sha256"
 
     def load(self, name: str, key: str) -> dict | None:
-        """The stored payload, or None if absent. A corrupt artifact is removed (with a warning)."""
-        pt, digest = self.paths(name, key)
+        """The stored payload (from the cache, else from a committed folder), or None if absent.
+        A corrupt cached artifact is removed (with a warning); a corrupt committed one is an error."""
+        payload = self._load_from(self.root, name, key)
+        if payload is not None:
+            return payload
+        for folder in self.committed:
+            pt, digest = folder / name / f"{key}.pt", folder / name / f"{key}.sha256"
+            if not pt.exists():
+                continue
+            if not digest.exists() or digest.read_text().strip() != _sha256(pt):
+                raise RuntimeError(f"committed artifact {pt} does not match its checksum file {digest}: "
+                                   "restore it from git (git checkout -- data/artifacts) or delete both files to retrain")
+            payload = torch.load(pt, map_location="cpu", weights_only=True)
+            if isinstance(payload, dict) and payload.get("__key__") == key:
+                return payload
+        return None
+
+    def _load_from(self, root: Path, name: str, key: str) -> dict | None:
+        folder = root / name
+        pt, digest = folder / f"{key}.pt", folder / f"{key}.sha256"
         if not pt.exists():
             digest.unlink(missing_ok=True)
             return None
@@ -176,7 +207,7 @@ class ArtifactCache:
                     problem = "it does not carry the expected key"
                 else:
                     return payload
-        warnings.warn(f"corrupt cached artifact {pt}: {problem}; deleting it and rebuilding.", CorruptArtifactWarning, stacklevel=3)
+        warnings.warn(f"corrupt cached artifact {pt}: {problem}; deleting it and rebuilding.", CorruptArtifactWarning, stacklevel=4)
         pt.unlink(missing_ok=True)
         digest.unlink(missing_ok=True)
         return None

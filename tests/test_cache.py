@@ -248,3 +248,22 @@ def test_float64_training_survives_the_cache(tmp_path):
     assert (i1["from_cache"], i2["from_cache"]) == (False, True)
     assert m1.weight.dtype == m2.weight.dtype == torch.float64
     assert torch.equal(predict(m1, x), predict(m2, x))
+
+
+def test_committed_artifacts_are_found_by_key_and_checked(tmp_path):
+    committed = tmp_path / "committed"
+    source = ArtifactCache(tmp_path / "a", committed=[])
+    payload, _ = source.get_or_create("m", {"x": 1}, lambda: {"w": torch.ones(2)})
+    key = payload["__key__"]
+    (committed / "m").mkdir(parents=True)
+    for ext in (".pt", ".sha256"):
+        (committed / "m" / f"{key}{ext}").write_bytes((tmp_path / "a" / "m" / f"{key}{ext}").read_bytes())
+    fresh = ArtifactCache(tmp_path / "b", committed=[committed])
+    calls = []
+    got, hit = fresh.get_or_create("m", {"x": 1}, lambda: calls.append(1) or {"w": torch.zeros(2)})
+    assert hit and not calls and torch.equal(got["w"], torch.ones(2))
+    fresh.get_or_create("m", {"x": 2}, lambda: calls.append(1) or {"w": torch.zeros(2)})  # another config trains
+    assert calls == [1]
+    (committed / "m" / f"{key}.pt").write_bytes(b"tampered")
+    with pytest.raises(RuntimeError, match="checksum"):
+        ArtifactCache(tmp_path / "c", committed=[committed]).get_or_create("m", {"x": 1}, lambda: {"w": torch.zeros(2)})
