@@ -1,7 +1,7 @@
 """Run a grid of chapter executions (chapters x seeds x parameters) as Ray tasks.
 
     python ci/sweep.py --chapters cem cxplain --seeds 0 1 2 --out runs/seeds
-    python ci/sweep.py --chapters cem --seeds 0 --grid n_explain=20,40 --param epochs=1 --out runs/cem-n
+    python ci/sweep.py --chapters cem --seeds 0 --grid n_explain=6,12 --param n_sensitivity=0 --out runs/cem-n
     python ci/sweep.py --chapters cem cxplain --seeds 0 1 2 3 4 --param profile=full --param device=cuda \\
         --address auto --out /shared/runs/full          # an existing cluster; one GPU per task
 

@@ -112,10 +112,22 @@ def record_path(chapter: str, started: _dt.datetime) -> Path:
     return folder / f"{stem}.{started.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}.record.json"
 
 
+def _finite(v: Any) -> Any:
+    """NaN and infinities as None (null): records are strict JSON."""
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
 def write_record(path: Path, doc: dict) -> Path:
-    """Write ``doc`` to ``path``, which must not exist: a record never replaces another one."""
+    """Write ``doc`` to ``path``, which must not exist: a record never replaces another one.
+    NaN and infinite numbers are written as null, so the file is strict JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(doc, indent=1, default=str, allow_nan=True)
+    text = json.dumps(_finite(doc), indent=1, default=str, allow_nan=False)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:

@@ -135,3 +135,12 @@ def test_record_has_context_and_is_never_overwritten(tmp_path, monkeypatch):
 
 def test_exact_estimates_have_no_n():
     assert exact(2.0).n is None and str(exact(2.0)) == "2 (exact)"
+
+
+def test_records_are_strict_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("XAI_RECORD_DIR", str(tmp_path))
+    lg = ClaimLog("demo", params={"profile": "quick", "seed": 0})
+    lg.report("nothing", float("nan"))
+    lg.claim("a", "s", bootstrap_mean([]), rule=AtLeast(0.5), source="p", verbose=False)
+    doc = json.loads(lg.save().read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert doc["outputs"]["nothing"] is None and doc["claims"][0]["verdict"] == NOT_TESTABLE
