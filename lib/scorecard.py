@@ -161,5 +161,8 @@ def plot_verdicts(ax, counts: dict[str, dict[str, int]], title: str = "verdicts 
 
 
 def load(runs: str | Path | None) -> list[dict]:
-    """The book's own records (``runs=None``) or every record under a folder (a sweep's output)."""
-    return book_records() if runs is None else load_records(runs)
+    """The book's own records (``runs=None``) or every record under a folder (a sweep's output);
+    the scorecard's own records are left out (they hold no claims, and counting them would make the
+    page depend on whether it ran before)."""
+    records = book_records() if runs is None else load_records(runs)
+    return [r for r in records if r.get("chapter") != "scorecard"]
