@@ -145,14 +145,36 @@ def information_flow(
     authors' ``joint_uncond_singledim``). All ``n_alpha * n_beta`` images are decoded and classified
     in batches of ``chunk``.
     """
+    if dims is None and K == 0:
+        if n_alpha < 1 or n_beta < 1:
+            raise ValueError(f"n_alpha and n_beta must be >= 1, got {n_alpha}, {n_beta}")
+        return torch.zeros((), dtype=next(decoder.parameters()).dtype)
+    return mutual_information(flow_probs(decoder, classify, K, L, n_alpha, n_beta, dims, generator, chunk))
+
+
+def flow_probs(
+    decoder: nn.Module,
+    classify: ProbFn,
+    K: int,
+    L: int,
+    n_alpha: int,
+    n_beta: int,
+    dims: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    chunk: int = 4096,
+) -> torch.Tensor:
+    """The class probabilities behind :func:`information_flow`, shaped (n_alpha, n_beta, M): row i
+    holds the classifier's outputs for the n_beta images that share outer draw i. Keeping them lets
+    one large sample give the estimate, its Monte-Carlo error (:func:`mi_estimate`) and the values
+    of smaller estimators (:func:`subsampled_estimates`) without decoding again."""
     if n_alpha < 1 or n_beta < 1:
         raise ValueError(f"n_alpha and n_beta must be >= 1, got {n_alpha}, {n_beta}")
     if dims is None and K == 0:
-        return torch.zeros((), dtype=next(decoder.parameters()).dtype)
+        raise ValueError("K = 0: there is no alpha to fix (pass dims)")
     p0 = next(decoder.parameters())
     z = _latents(K, L, n_alpha, n_beta, dims, generator, p0.dtype, p0.device)
     probs = torch.cat([classify(decoder(z[i : i + chunk])) for i in range(0, len(z), chunk)])
-    return mutual_information(probs.view(n_alpha, n_beta, -1))
+    return probs.view(n_alpha, n_beta, -1)
 
 
 def per_latent_flow(decoder: nn.Module, classify: ProbFn, K: int, L: int, n_alpha: int, n_beta: int,
@@ -382,3 +404,160 @@ def select_parameters(
     if best is None:
         return Selection(0, total, lam_step1, trace)
     return Selection(best[0], best[1], best[2], trace)
+
+
+# --- Monte-Carlo error and bias of the I(alpha; Y) estimator -------------------------------------
+
+def mi_bootstrap(probs: torch.Tensor, n_boot: int = 2000, seed: int = 0) -> torch.Tensor:
+    """Bootstrap replicates of :func:`mutual_information` over the outer draws (rows of ``probs``,
+    shaped (n_alpha, n_beta, M)); the outer draws are independent, the inner ones stay with their row."""
+    if probs.ndim != 3:
+        raise ValueError(f"probs must be (n_alpha, n_beta, M), got shape {tuple(probs.shape)}")
+    p = probs.double().mean(1)  # (n_alpha, M)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(p), (n_boot, len(p)), generator=g)
+    pb = p[idx]  # (n_boot, n_alpha, M)
+    q = pb.mean(1)
+    return (pb * torch.log(pb + EPS)).sum(-1).mean(1) - (q * torch.log(q + EPS)).sum(-1)
+
+
+def mi_half_beta(probs: torch.Tensor) -> float:
+    """The estimate with half the inner draws (the mean over the two halves of every row)."""
+    h = probs.shape[1] // 2
+    if h < 1:
+        raise ValueError("need n_beta >= 2 to halve the inner draws")
+    return 0.5 * float(mutual_information(probs[:, :h].double()) + mutual_information(probs[:, h : 2 * h].double()))
+
+
+def mi_estimate(probs: torch.Tensor, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """I(alpha; Y) from one large sample with its Monte-Carlo error.
+
+    Returns ``value`` (the plug-in estimate, nats), ``low``/``high`` (percentile bootstrap interval
+    over the outer draws), ``se`` (bootstrap standard error), ``half_beta`` (the same estimate with
+    half the inner draws) and ``corrected``: ``2 * value - half_beta``. The plug-in estimate is
+    biased upwards by about c / n_beta (each p_i is a mean of n_beta noisy outputs, and the entropy
+    is concave); halving n_beta doubles that term, so the difference removes it to first order
+    (Richardson extrapolation). The bias from the finite number of outer draws (H(q) is estimated
+    too) is of order (M - 1) / (2 n_alpha) downwards and is small for a large n_alpha.
+    """
+    probs = probs.detach()
+    reps = mi_bootstrap(probs, n_boot, seed)
+    a = (1 - level) / 2
+    lo, hi = torch.quantile(reps, torch.tensor([a, 1 - a], dtype=reps.dtype)).tolist()
+    value = float(mutual_information(probs.double()))
+    half = mi_half_beta(probs)
+    return {"value": value, "low": lo, "high": hi, "se": float(reps.std()), "half_beta": half,
+            "corrected": 2 * value - half, "n_alpha": probs.shape[0], "n_beta": probs.shape[1]}
+
+
+def subsampled_estimates(probs: torch.Tensor, n_alpha: int, n_beta: int) -> torch.Tensor:
+    """The values a smaller estimator (``n_alpha`` outer x ``n_beta`` inner draws) would give, on
+    disjoint blocks of one large sample ``probs`` (N_alpha, N_beta, M): one value per block, so their
+    mean estimates that estimator's expected value (and hence its bias against the large sample) and
+    their spread its Monte-Carlo noise."""
+    NA, NB = probs.shape[:2]
+    if not (1 <= n_alpha <= NA and 1 <= n_beta <= NB):
+        raise ValueError(f"blocks of {n_alpha} x {n_beta} do not fit a sample of {NA} x {NB}")
+    out = [mutual_information(probs[i : i + n_alpha, j : j + n_beta].double())
+           for i in range(0, NA - n_alpha + 1, n_alpha) for j in range(0, NB - n_beta + 1, n_beta)]
+    return torch.stack(out)
+
+
+# --- The linear-Gaussian toy problems (appendix Figs. 8-10; authors' make_fig8.py, make_fig9_fig10.py) ---
+
+def unit(theta: float | torch.Tensor) -> torch.Tensor:
+    """The unit vector (cos theta, sin theta) (theta in radians)."""
+    t = torch.as_tensor(theta, dtype=torch.float64)
+    return torch.stack([torch.cos(t), torch.sin(t)])
+
+
+def hyperplane_classifier(a: torch.Tensor, ksig: float = 5.0, b: float = 0.0) -> ProbFn:
+    """The authors' ``OneHyperplaneClassifier``: p(class 0 | x) = sigmoid(ksig (a.x - b))."""
+    a = torch.as_tensor(a, dtype=torch.float64)
+
+    def classify(x: torch.Tensor) -> torch.Tensor:
+        p0 = torch.sigmoid(ksig * (x.to(a.dtype) @ a - b))[:, None]
+        return torch.cat([p0, 1 - p0], 1)
+    return classify
+
+
+def and_classifier(a1: torch.Tensor, a2: torch.Tensor, ksig: float = 100.0) -> ProbFn:
+    """The authors' ``TwoHyperplaneClassifier``: p(class 0 | x) = sigmoid(ksig a1.x) sigmoid(ksig a2.x)."""
+    a1, a2 = (torch.as_tensor(v, dtype=torch.float64) for v in (a1, a2))
+
+    def classify(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(a1.dtype)
+        p0 = (torch.sigmoid(ksig * (x @ a1)) * torch.sigmoid(ksig * (x @ a2)))[:, None]
+        return torch.cat([p0, 1 - p0], 1)
+    return classify
+
+
+def toy_objectives(W: torch.Tensor, classify: ProbFn, K: int, n_alpha: int, n_beta: int, gamma: float = 1e-3,
+                   generator: torch.Generator | None = None, objectives: Sequence[str] = ("joint_uncond",)) -> dict[str, float]:
+    """The causal objectives of the authors' ``causaleffect_lingauss_decoder`` for the linear-Gaussian
+    generative map x = W z + gamma * noise (W: (2, K + L), its first K columns the alphas):
+
+    * ``joint_uncond``: I(alpha; Y) (the paper's objective);
+    * ``joint_cond``: I(alpha; Y | beta) (beta fixed per outer draw, alpha redrawn inside);
+    * ``ind_uncond``: (1/K) sum_i I(alpha_i; Y) (the other latents redrawn inside);
+    * ``ind_cond``: (1/K) sum_i I(alpha_i; Y | the rest).
+
+    ``n_alpha`` outer x ``n_beta`` inner draws as in :func:`information_flow`. Pass one seeded
+    ``generator`` per grid point (common random numbers) for a smooth objective surface.
+    """
+    W = torch.as_tensor(W, dtype=torch.float64)
+    z_dim = W.shape[1]
+    out = {}
+    for name in objectives:
+        if name not in ("joint_uncond", "joint_cond", "ind_uncond", "ind_cond"):
+            raise ValueError(f"unknown objective {name!r}")
+        blocks = [list(range(K))] if name.startswith("joint") else [[k] for k in range(K)]
+        vals = []
+        for fixed in blocks:
+            # the coordinates held fixed per outer draw: the factor(s) (unconditional) or the rest (conditional)
+            held = fixed if name.endswith("uncond") else [d for d in range(z_dim) if d not in fixed]
+            z = torch.randn(n_alpha, n_beta, z_dim, generator=generator, dtype=torch.float64)
+            if held:
+                z[:, :, held] = torch.randn(n_alpha, 1, len(held), generator=generator, dtype=torch.float64).expand(-1, n_beta, -1)
+            x = z.reshape(-1, z_dim) @ W.T
+            x = x + gamma * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+            probs = classify(x).view(n_alpha, n_beta, -1)
+            if name.endswith("uncond"):
+                vals.append(float(mutual_information(probs)))
+            else:  # I(alpha; Y | rest) = mean over the held draws of [H(mean_j p) - mean_j H(p)]
+                q = probs.mean(1)
+                h_mean = -(q * torch.log(q + EPS)).sum(-1)
+                mean_h = -(probs * torch.log(probs + EPS)).sum(-1).mean(1)
+                vals.append(float((h_mean - mean_h).mean()))
+        out[name] = sum(vals) / len(vals)
+    return out
+
+
+def lingauss_nll(x: torch.Tensor, W: torch.Tensor, gamma: float = 1e-3) -> float:
+    """The authors' ``linGauss_NLL_loss``: log det S + mean_i x_i' S^-1 x_i with S = W W' + gamma I."""
+    W = torch.as_tensor(W, dtype=torch.float64)
+    S = W @ W.T + gamma * torch.eye(W.shape[0], dtype=torch.float64)
+    x = torch.as_tensor(x, dtype=torch.float64)
+    return float(torch.logdet(S) + (x @ torch.linalg.inv(S) * x).sum(1).mean())
+
+
+def toy_grid(classify: ProbFn, K: int, n_grid: int = 49, n_alpha: int = 500, n_beta: int = 2500, gamma: float = 1e-3,
+             objectives: Sequence[str] = ("joint_uncond",), seed: int = 0, progress: bool = True) -> dict:
+    """Each objective of :func:`toy_objectives` on an ``n_grid`` x ``n_grid`` grid of the angles
+    (theta_1, theta_2) in [0, pi] of the two columns of W (the authors' 49 x 49 grid; paper:
+    n_alpha 500, n_beta 2500). Every grid point uses the same random draws (common random numbers).
+    Returns ``thetas`` (radians) and one (n_grid, n_grid) array per objective, indexed [i1, i2]."""
+    import numpy as np
+
+    thetas = torch.linspace(0, math.pi, n_grid, dtype=torch.float64)
+    out = {name: np.zeros((n_grid, n_grid)) for name in objectives}
+    bar = progress_bar(total=n_grid * n_grid, desc="toy grid", enabled=progress, leave=False, mininterval=1.0)
+    for i, t1 in enumerate(thetas):
+        for j, t2 in enumerate(thetas):
+            W = torch.stack([unit(t1), unit(t2)], 1)
+            vals = toy_objectives(W, classify, K, n_alpha, n_beta, gamma, torch.Generator().manual_seed(seed), objectives)
+            for name, v in vals.items():
+                out[name][i, j] = v
+            bar.update(1)
+    bar.close()
+    return {"thetas": thetas.numpy(), **out}

@@ -168,3 +168,59 @@ def test_algorithm_1_on_a_synthetic_objective():
     loose = select_parameters(train_point, lambdas=[0.01, 0.03, 0.05, 0.07], approach_d=0.10)
     assert loose.lam == 0.03  # a looser criterion picks a smaller lambda
     assert any(s.step == 1 and "plateau" in s.note for s in sel.trace)
+
+
+def test_mi_estimate_error_and_bias_correction():
+    """On a planted problem the bootstrap interval covers ln 2 and the Richardson correction removes
+    the c / n_beta bias that the plug-in estimate has for a noisy classifier."""
+    from lib.gce import flow_probs, mi_estimate
+
+    g = torch.Generator().manual_seed(0)
+
+    def noisy(z):  # p(class | alpha, beta) = sigmoid(4 alpha + 3 beta): beta blurs the class of alpha
+        p0 = torch.sigmoid(4 * z[:, :1] + 3 * z[:, 1:2])
+        return torch.cat([p0, 1 - p0], 1)
+
+    small = mi_estimate(flow_probs(FirstCoordinate(), noisy, 1, 1, 2000, 8, generator=g), n_boot=500)
+    big = mi_estimate(flow_probs(FirstCoordinate(), noisy, 1, 1, 2000, 200, generator=g), n_boot=500)
+    assert small["low"] <= small["value"] <= small["high"] and small["se"] > 0
+    assert small["value"] > big["value"] + 0.01  # the plug-in bias at n_beta = 8 is visible
+    assert small["corrected"] == pytest.approx(big["corrected"], abs=0.01)  # and removed by the correction
+
+
+def test_subsampled_estimates_reproduce_the_small_estimator():
+    from lib.gce import mutual_information, subsampled_estimates
+
+    probs = torch.rand(20, 12, 3, generator=torch.Generator().manual_seed(0))
+    probs = probs / probs.sum(-1, keepdim=True)
+    vals = subsampled_estimates(probs, 10, 4)
+    assert len(vals) == 2 * 3
+    assert float(vals[0]) == pytest.approx(float(mutual_information(probs[:10, :4].double())))
+    with pytest.raises(ValueError):
+        subsampled_estimates(probs, 30, 4)
+
+
+def test_toy_causal_objective_recovers_the_classifier_direction():
+    """Appendix Fig. 8 set-up: a linear classifier with normal at 0 degrees; I(alpha; Y) is largest
+    when alpha's column points along the normal and beta's is orthogonal to it, near 0 when alpha is
+    orthogonal to the normal."""
+    from lib.gce import hyperplane_classifier, toy_grid, toy_objectives, unit
+
+    clf = hyperplane_classifier(unit(0.0), ksig=5.0)
+    W = lambda ta, tb: torch.stack([unit(ta), unit(tb)], 1)
+    g = lambda: torch.Generator().manual_seed(0)
+    best = toy_objectives(W(0.0, math.pi / 2), clf, 1, 200, 100, generator=g(), objectives=["joint_uncond", "joint_cond"])
+    worst = toy_objectives(W(math.pi / 2, 0.0), clf, 1, 200, 100, generator=g(), objectives=["joint_uncond", "joint_cond"])
+    assert best["joint_uncond"] > 0.4 and worst["joint_uncond"] < 0.02
+    assert best["joint_cond"] > worst["joint_cond"]
+    grid = toy_grid(clf, 1, n_grid=5, n_alpha=100, n_beta=50, progress=False)  # 0, 45, 90, 135, 180 degrees
+    i, j = divmod(int(grid["joint_uncond"].argmax()), 5)
+    assert grid["thetas"][i] in (0.0, pytest.approx(math.pi)) and grid["thetas"][j] == pytest.approx(math.pi / 2)
+
+
+def test_lingauss_nll_prefers_the_data_covariance():
+    from lib.gce import lingauss_nll
+
+    x = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert lingauss_nll(x, torch.eye(2)) < lingauss_nll(x, torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    assert lingauss_nll(x, torch.eye(2)) < lingauss_nll(x, 0.5 * torch.eye(2))
