@@ -569,3 +569,47 @@ def stratified_split(y: torch.Tensor, n_holdout: int, seed: int) -> tuple[torch.
     mask = torch.ones(len(y), dtype=torch.bool)
     mask[hold] = False
     return torch.nonzero(mask).squeeze(1), hold
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10 class pairs (GCE reproduction chapter: the [Re] study's horse vs truck)
+# --------------------------------------------------------------------------------------------
+CIFAR10_HORSE_TRUCK = (7, 9)  # CIFAR-10 label indices of "horse" and "truck"
+
+
+@dataclass
+class ClassPair:
+    """Two (or more) classes of a dataset, relabelled 0..k-1 in the given order, with a stratified
+    validation split carved from the training split (the [Re] study: 40,000 / 10,000 of CIFAR-10's
+    50,000 training images, i.e. a 20 % share) and pixel values in [0, ``pixel_max``]."""
+
+    classes: tuple[int, ...]
+    names: tuple[str, ...]
+    pixel_max: float
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def class_pair(ds: Dataset, classes: Sequence[int], val_share: float = 0.2, seed: int = 0, pixel_max: float = 1.0) -> ClassPair:
+    """Select ``classes`` from a loaded :class:`Dataset` (e.g. :func:`load_cifar10`), split off a stratified
+    validation share, and scale pixels to [0, ``pixel_max``] (255 gives the raw byte range that the [Re]
+    study's CIFAR classifier was trained on; the loaders return [0, 1])."""
+    if not 0.0 <= val_share < 1.0:
+        raise ValueError(f"val_share must be in [0, 1), got {val_share}")
+    if pixel_max <= 0:
+        raise ValueError(f"pixel_max must be positive, got {pixel_max}")
+    bad = [c for c in classes if not 0 <= c < len(ds.classes)]
+    if bad:
+        raise ValueError(f"classes {bad} are not labels of {ds.name} (0..{len(ds.classes) - 1})")
+    x, y = select_classes(ds.x_train, ds.y_train, classes)
+    xt, yt = select_classes(ds.x_test, ds.y_test, classes)
+    if len(y) == 0:
+        raise ValueError(f"{ds.name} has no training images of classes {tuple(classes)}")
+    n_val = int(round(val_share * len(y)))
+    rest, hold = stratified_split(y, n_val, seed) if n_val else (torch.arange(len(y)), torch.arange(0))
+    return ClassPair(tuple(classes), tuple(ds.classes[c] for c in classes), float(pixel_max),
+                     x[rest] * pixel_max, y[rest], x[hold] * pixel_max, y[hold], xt * pixel_max, yt)
