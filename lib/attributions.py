@@ -1,4 +1,11 @@
-"""Block geometry, baseline attributions and the masking metric of the CXPlain chapter.
+"""Baseline attributions shared by the chapters, and the block geometry and masking metric of CXPlain.
+
+Pixel-level baselines from maintained libraries (used by the RDE chapter as they are, and by the
+CXPlain chapter reduced to blocks): :func:`saliency`, :func:`smoothgrad`, :func:`guided_backprop`,
+:func:`deconvolution`, :func:`integrated_gradients`, :func:`input_x_gradient`, :func:`lrp` (captum),
+:func:`deepshap` (shap), :func:`lime_image_map` (lime), and the two references of the RDE code,
+:func:`input_map` and :func:`input_plus_random`. Each returns a map shaped like the input and
+explains the logit of the predicted class unless ``target`` is given.
 
 Reproduces the evaluation protocol of Schwab & Karlen, *CXPlain*, NeurIPS 2019
 (arXiv:1910.12336), Section 4 ("Experiments"):
@@ -58,6 +65,18 @@ __all__ = [
     "saliency_blocks",
     "integrated_gradients_blocks",
     "quiet",
+    "saliency",
+    "smoothgrad",
+    "guided_backprop",
+    "deconvolution",
+    "integrated_gradients",
+    "input_x_gradient",
+    "lrp",
+    "lrp_ready",
+    "deepshap",
+    "lime_image_map",
+    "input_map",
+    "input_plus_random",
 ]
 
 Block = Union[int, Sequence[int]]
@@ -195,7 +214,7 @@ def top_k_blocks(importance: torch.Tensor | np.ndarray, fraction: float) -> torc
     n_b = imp.shape[-1]
     k = max(1, int(round(fraction * n_b)))
     order = torch.argsort(imp, dim=-1, descending=True, stable=True)[..., :k]
-    sel = torch.zeros(imp.shape, dtype=torch.bool)
+    sel = torch.zeros(imp.shape, dtype=torch.bool, device=imp.device)
     sel.scatter_(-1, order, True)
     return sel
 
@@ -419,19 +438,17 @@ def shap_blocks(
     return l1_normalise(out)
 
 
-def deepshap_blocks(
+def deepshap(
     model: nn.Module,
     x: torch.Tensor,
     background: torch.Tensor,
-    block: Block = 2,
     target: torch.Tensor | int | None = None,
     check_additivity: bool = False,
 ) -> torch.Tensor:
     """DeepSHAP (``shap.DeepExplainer``, DeepLIFT rescale rule averaged over a background set).
 
-    Explains the explained class's **logit**; per-pixel values are summed per block
-    (:func:`to_blocks`, signed, L1-normalised). The model must use one ``nn.ReLU`` module per
-    activation (see ``lib.models.resnet``). ``background`` is e.g. 100 training images.
+    Explains the explained class's **logit**; returns per-pixel values shaped like ``x`` (float32).
+    The model must use one ``nn.ReLU`` module per activation (see ``lib.models.resnet``).
     """
     import shap
 
@@ -449,11 +466,42 @@ def deepshap_blocks(
         else:
             vals = explainer.shap_values(x, check_additivity=check_additivity)
     arr = np.asarray(vals)
-    if arr.ndim == 5:  # (N, C, H, W, K): one map per output
+    if arr.ndim == x.dim() + 1:  # (N, C, H, W, K): one map per output
         arr = arr[np.arange(len(x)), ..., targets.numpy()]
-    elif arr.ndim != 4:
+    elif arr.ndim != x.dim():
         raise RuntimeError(f"unexpected DeepExplainer output shape {arr.shape}")
-    return to_blocks(arr, block)
+    return torch.as_tensor(arr).float()
+
+
+def deepshap_blocks(
+    model: nn.Module,
+    x: torch.Tensor,
+    background: torch.Tensor,
+    block: Block = 2,
+    target: torch.Tensor | int | None = None,
+    check_additivity: bool = False,
+) -> torch.Tensor:
+    """:func:`deepshap` of the class logit, summed per block (:func:`to_blocks`, signed, L1-normalised).
+    ``background`` is e.g. 100 training images."""
+    return to_blocks(deepshap(model, x, background, target, check_additivity), block)
+
+
+def saliency(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor | int | None = None,
+    absolute: bool = True,
+    square: bool = False,
+) -> torch.Tensor:
+    """Gradient of the class logit (``captum.attr.Saliency``): |d logit_c / d x| by default; the
+    signed gradient with ``absolute=False``; its square with ``square=True`` (the RDE reference's
+    "Sensitivity", iNNvestigate's gradient with ``postprocess="square"``)."""
+    from captum.attr import Saliency
+
+    targets = _targets(model, x, target)
+    with eval_mode(model):
+        attr = Saliency(model).attribute(x.clone().requires_grad_(True), target=targets, abs=absolute and not square)
+    return attr.detach() ** 2 if square else attr.detach()
 
 
 def saliency_blocks(
@@ -463,13 +511,32 @@ def saliency_blocks(
     target: torch.Tensor | int | None = None,
     absolute: bool = True,
 ) -> torch.Tensor:
-    """Simple Gradient (``captum.attr.Saliency``): |d logit_c / d x| summed per block."""
-    from captum.attr import Saliency
+    """Simple Gradient (:func:`saliency`): |d logit_c / d x| summed per block."""
+    return to_blocks(saliency(model, x, target, absolute), block)
+
+
+def integrated_gradients(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor | int | None = None,
+    n_steps: int = 50,
+    baseline: MaskValue = 0.0,
+    internal_batch_size: int | None = 512,
+) -> torch.Tensor:
+    """Integrated Gradients (``captum.attr.IntegratedGradients``) of the class logit, per pixel (signed).
+
+    ``baseline``: a scalar or a tensor broadcastable to one image, or one baseline per image (N, ...).
+    """
+    from captum.attr import IntegratedGradients
 
     targets = _targets(model, x, target)
+    b = torch.as_tensor(baseline, dtype=x.dtype)
+    base = (b if b.dim() == x.dim() and len(b) == len(x) else b.expand_as(x[:1]).expand_as(x)).contiguous()
     with eval_mode(model):
-        attr = Saliency(model).attribute(x.clone().requires_grad_(True), target=targets, abs=absolute)
-    return to_blocks(attr, block)
+        attr = IntegratedGradients(model).attribute(
+            x, baselines=base, target=targets, n_steps=n_steps, internal_batch_size=internal_batch_size
+        )
+    return attr.detach()
 
 
 def integrated_gradients_blocks(
@@ -481,20 +548,212 @@ def integrated_gradients_blocks(
     baseline: MaskValue = 0.0,
     internal_batch_size: int | None = 512,
 ) -> torch.Tensor:
-    """Integrated Gradients (``captum.attr.IntegratedGradients``) of the class logit, per block.
+    """:func:`integrated_gradients` of the class logit, signed, summed per block and L1-normalised.
 
-    The baseline defaults to the masking value (black image for MNIST); attributions are
-    signed, summed per block and L1-normalised.
+    The baseline defaults to the masking value (black image for MNIST).
     """
-    from captum.attr import IntegratedGradients
+    return to_blocks(integrated_gradients(model, x, target, n_steps, baseline, internal_batch_size), block)
+
+
+def smoothgrad(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor | int | None = None,
+    stdev: float | torch.Tensor | None = None,
+    n_samples: int = 64,
+    square: bool = True,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """SmoothGrad (``captum.attr.NoiseTunnel`` around ``Saliency``) of the class logit.
+
+    ``stdev``: the noise's standard deviation, a number or one per image (N,); default
+    0.3 x (max - min) of each image, the RDE reference's setting (iNNvestigate ``smoothgrad`` with
+    ``noise_scale=0.3 * (x.max() - x.min())``). ``square=True``: the mean of the squared gradients
+    over ``n_samples`` noisy copies (captum's ``smoothgrad_sq``; iNNvestigate's
+    ``postprocess="square"`` squares each copy's gradient before averaging); ``False``: the mean
+    gradient. The noise comes from torch's global generator, forked and seeded with ``seed`` here.
+    """
+    from captum.attr import NoiseTunnel, Saliency
 
     targets = _targets(model, x, target)
-    base = torch.as_tensor(baseline, dtype=x.dtype).expand_as(x[:1]).expand_as(x).contiguous()
+    if stdev is None:
+        flat = x.flatten(1)
+        stdev = 0.3 * (flat.max(1).values - flat.min(1).values)
+    sd = torch.as_tensor(stdev, dtype=x.dtype).expand(len(x))
+    out = []
+    with eval_mode(model), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        nt = NoiseTunnel(Saliency(model))
+        for i in range(len(x)):  # captum takes one noise level per input tensor: one image at a time
+            a = nt.attribute(x[i : i + 1].clone().requires_grad_(True), nt_type="smoothgrad_sq" if square else "smoothgrad",
+                             nt_samples=n_samples, nt_samples_batch_size=batch_size, stdevs=float(sd[i]),
+                             target=int(targets[i]), abs=False)
+            out.append(a.detach())
+    return torch.cat(out)
+
+
+def guided_backprop(model: nn.Module, x: torch.Tensor, target: torch.Tensor | int | None = None) -> torch.Tensor:
+    """Guided Backprop (``captum.attr.GuidedBackprop``) of the class logit; needs ``nn.ReLU`` modules."""
+    from captum.attr import GuidedBackprop
+
+    targets = _targets(model, x, target)
     with eval_mode(model):
-        attr = IntegratedGradients(model).attribute(
-            x, baselines=base, target=targets, n_steps=n_steps, internal_batch_size=internal_batch_size
-        )
-    return to_blocks(attr, block)
+        return GuidedBackprop(model).attribute(x.clone(), target=targets).detach()
+
+
+def deconvolution(model: nn.Module, x: torch.Tensor, target: torch.Tensor | int | None = None) -> torch.Tensor:
+    """Deconvolution / DeconvNet (``captum.attr.Deconvolution``) of the class logit; needs ``nn.ReLU`` modules."""
+    from captum.attr import Deconvolution
+
+    targets = _targets(model, x, target)
+    with eval_mode(model):
+        return Deconvolution(model).attribute(x.clone(), target=targets).detach()
+
+
+def input_x_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor | int | None = None) -> torch.Tensor:
+    """Input x Gradient (``captum.attr.InputXGradient``) of the class logit."""
+    from captum.attr import InputXGradient
+
+    targets = _targets(model, x, target)
+    with eval_mode(model):
+        return InputXGradient(model).attribute(x.clone().requires_grad_(True), target=targets).detach()
+
+
+class _FlattenLast(nn.Module):
+    """``features`` (a Sequential without Flatten modules) followed by a flatten in ``forward``."""
+
+    def __init__(self, features: nn.Sequential):
+        super().__init__()
+        self.features = features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+
+def lrp_ready(model: nn.Sequential, input_shape: Sequence[int]) -> nn.Module:
+    """An equivalent copy of a ``Sequential`` CNN without ``nn.Flatten`` modules, for captum's LRP.
+
+    captum's LRP needs a rule for every leaf module and has none for ``nn.Flatten`` (a rule on it
+    changes the gradient's shape). Every ``Linear`` after the ``Flatten`` becomes the equivalent
+    ``Conv2d`` (the first with the kernel size of the flattened feature map, the others 1x1) and the
+    flatten moves into ``forward``, outside the modules LRP visits. Same outputs, same parameters.
+    """
+    import copy
+
+    layers, after_flatten, shape = [], False, None
+    with torch.no_grad():
+        z = torch.zeros(1, *input_shape, dtype=next(model.parameters()).dtype)
+        for layer in model:
+            if isinstance(layer, nn.Flatten):
+                if after_flatten:
+                    raise ValueError("lrp_ready: more than one Flatten")
+                after_flatten, shape = True, tuple(z.shape[1:])
+                continue
+            if after_flatten and isinstance(layer, nn.Linear):
+                k = shape[1:] if shape is not None else (1, 1)
+                in_ch = shape[0] if shape is not None else layer.in_features
+                conv = nn.Conv2d(in_ch, layer.out_features, k).to(layer.weight.dtype)
+                conv.weight.copy_(layer.weight.view(layer.out_features, in_ch, *k))
+                conv.bias.copy_(layer.bias)
+                layers.append(conv)
+                shape = None  # later Linear layers are 1x1 convolutions
+            else:
+                layers.append(copy.deepcopy(layer))
+            if not after_flatten:
+                z = layer(z)
+    return _FlattenLast(nn.Sequential(*layers)).eval()
+
+
+def lrp(
+    model: nn.Sequential,
+    x: torch.Tensor,
+    target: torch.Tensor | int | None = None,
+    rule: str = "epsilon",
+    epsilon: float = 0.2,
+) -> torch.Tensor:
+    """Layer-wise relevance propagation of the class logit (``captum.attr.LRP``) on :func:`lrp_ready` (model).
+
+    ``rule="epsilon"``: the epsilon rule with ``epsilon`` on every convolution, dense and pooling layer
+    (the RDE reference's "LRP-E", iNNvestigate ``lrp.epsilon`` with epsilon 0.2).
+    ``rule="preset_a"``: captum's z+ rule (``Alpha1_Beta0_Rule``) on convolutions, epsilon on dense
+    and pooling layers. This approximates iNNvestigate's ``lrp.sequential_preset_a``: the same rules,
+    except that captum's z+ rule clamps the weights only and assumes non-negative inputs, which the
+    first convolution's centred input is not (iNNvestigate's alpha-beta rule splits signed inputs).
+    """
+    from captum.attr import LRP
+    from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule
+
+    if rule not in ("epsilon", "preset_a"):
+        raise ValueError(f"rule must be 'epsilon' or 'preset_a', got {rule!r}")
+    targets = _targets(model, x, target)
+    net = lrp_ready(model, x.shape[1:])
+    convs = [m for m in net.features if isinstance(m, nn.Conv2d)]
+    n_feature_convs = len(convs) - sum(isinstance(m, nn.Linear) for m in model)  # the rest were dense layers
+    for layer in net.features:
+        if rule == "preset_a" and any(layer is c for c in convs[:n_feature_convs]):
+            layer.rule = Alpha1_Beta0_Rule()
+        elif isinstance(layer, (nn.Conv2d, nn.Linear, nn.AvgPool2d)):
+            layer.rule = EpsilonRule(epsilon=epsilon)
+    return LRP(net).attribute(x.clone().requires_grad_(True), target=targets).detach()
+
+
+def lime_image_map(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor | int | None = None,
+    num_samples: int = 1000,
+    seed: int = 0,
+    batch_size: int = 500,
+    scores: str = "logits",
+) -> torch.Tensor:
+    """LIME with the defaults of ``lime_image.LimeImageExplainer().explain_instance``, as a pixel map.
+
+    As in the RDE reference (``mnist/script_lime.py``): the image is given as an RGB copy of its grey
+    channel, the classifier sees the channel mean, the explainer uses its defaults (quickshift
+    segmentation, 1000 samples, ``hide_color=None``: a segment is replaced by its mean, top 5 labels)
+    and the explained class's segment weights are painted onto the segments' pixels. ``scores``:
+    ``"logits"`` (the reference's model has no softmax) or ``"probs"``. One-channel images only.
+    """
+    from lime import lime_image
+
+    if x.shape[1] != 1:
+        raise ValueError("lime_image_map expects one-channel images")
+    if scores not in ("logits", "probs"):
+        raise ValueError("scores must be 'logits' or 'probs'")
+    targets = _targets(model, x, target)
+
+    def classifier_fn(images: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(images.mean(-1, keepdims=True))).permute(0, 3, 1, 2).to(x.dtype)
+        out = predict_logits(model, t, batch_size).double()
+        return (torch.softmax(out, 1) if scores == "probs" else out).numpy()
+
+    out = torch.zeros(x.shape, dtype=torch.float64)
+    with _lime_progress(lime_image, False):
+        for i in range(len(x)):
+            img = x[i, 0].double().numpy()
+            rgb = np.repeat(img[..., None], 3, axis=-1)
+            exp = lime_image.LimeImageExplainer(random_state=seed + i).explain_instance(
+                rgb, classifier_fn, num_samples=num_samples, batch_size=batch_size, random_seed=seed + i)
+            label = int(targets[i])
+            if label not in exp.local_exp:
+                raise RuntimeError(f"LIME did not explain class {label} (not among its top labels)")
+            seg = torch.from_numpy(exp.segments)
+            for seg_id, weight in exp.local_exp[label]:
+                out[i, 0][seg == seg_id] = float(weight)
+    return out.to(x.dtype)
+
+
+def input_map(x: torch.Tensor) -> torch.Tensor:
+    """The input itself as a relevance map (the RDE reference's "Input", iNNvestigate ``input``)."""
+    return x.detach().clone()
+
+
+def input_plus_random(x: torch.Tensor, generator: torch.Generator | None = None, scale: float = 2.0) -> torch.Tensor:
+    """The input plus Gaussian noise of standard deviation ``scale`` x std(x) per image (the RDE
+    reference's "Input + random", iNNvestigate ``random`` with ``stddev = 2 * np.std(x)``)."""
+    sd = x.flatten(1).std(1, unbiased=False).view(-1, *([1] * (x.dim() - 1)))
+    return x + scale * sd * torch.randn(x.shape, generator=generator, dtype=x.dtype)
 
 
 @contextlib.contextmanager

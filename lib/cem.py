@@ -93,6 +93,11 @@ class CEMResult:
     distance: torch.Tensor  # elastic-net distance of the best solution (inf if not found)
     c_final: torch.Tensor  # value of c after the search
 
+    def cpu(self) -> "CEMResult":
+        """This result with every tensor on the CPU (e.g. after a search on a GPU)."""
+        return CEMResult(self.mode, self.explanation.cpu(), self.found.cpu(), self.pred.cpu(), self.orig_pred.cpu(),
+                         self.distance.cpu(), self.c_final.cpu())
+
     def subset(self, index) -> "CEMResult":
         """The rows ``index`` (a slice, an index tensor or a boolean mask) of this result."""
         return CEMResult(self.mode, self.explanation[index], self.found[index], self.pred[index],
@@ -116,9 +121,8 @@ def _hinge(scores: torch.Tensor, target: torch.Tensor, kappa: float, mode: Mode)
 
 def _success(scores: torch.Tensor, target: torch.Tensor, kappa: float, mode: Mode) -> tuple[torch.Tensor, torch.Tensor]:
     """Whether the explanation is valid (the reference's ``compare``) and its predicted class."""
-    adjusted = scores.clone()
-    idx = torch.arange(len(target))
-    adjusted[idx, target] += kappa if mode == "PN" else -kappa
+    onehot = torch.nn.functional.one_hot(target, scores.shape[1]).to(scores.dtype)
+    adjusted = scores + (kappa if mode == "PN" else -kappa) * onehot
     cls = adjusted.argmax(1)
     ok = cls != target if mode == "PN" else cls == target
     return ok, scores.argmax(1)
@@ -223,17 +227,18 @@ def cem_explain(
         orig_scores = _scores(model, x0, config.scores)
     target = orig_scores.argmax(1) if target is None else target.to(torch.long)
 
-    c = torch.full((B,), float(config.c_init))
-    c_lb = torch.zeros(B)
-    c_ub = torch.full((B,), 1e10)
-    best_dist = torch.full((B,), float("inf"))
+    # bookkeeping on x0's device (float32 for c, as the reference), so a GPU run never mixes devices
+    c = x0.new_full((B,), float(config.c_init), dtype=torch.float32)
+    c_lb = x0.new_zeros(B, dtype=torch.float32)
+    c_ub = x0.new_full((B,), 1e10, dtype=torch.float32)
+    best_dist = x0.new_full((B,), float("inf"), dtype=torch.float32)
     best = torch.zeros_like(x0)
-    best_pred = torch.full((B,), -1, dtype=torch.long)
+    best_pred = x0.new_full((B,), -1, dtype=torch.long)
 
     steps = range(config.c_steps)
     for _ in progress(steps) if progress else steps:
-        step_best_dist = torch.full((B,), float("inf"))
-        step_found = torch.zeros(B, dtype=torch.bool)
+        step_best_dist = x0.new_full((B,), float("inf"), dtype=torch.float32)
+        step_found = x0.new_zeros(B, dtype=torch.bool)
         for x, _y in fista_path(model, x0, target, c, mode, config, autoencoder):
             d = x0 - x
             with torch.no_grad():
@@ -279,7 +284,7 @@ def sparsity(x0: torch.Tensor, result: CEMResult, tol: float = 1e-6) -> dict[str
     """L0 (number of features changed/kept, |value| > tol) and L1 of :func:`changed_part`,
     per instance (NaN where no explanation was found)."""
     part = changed_part(x0, result).flatten(1)
-    nan = torch.full((len(part),), float("nan"))
+    nan = part.new_full((len(part),), float("nan"))
     l0 = torch.where(result.found, (part.abs() > tol).sum(1).float(), nan)
     l1 = torch.where(result.found, part.abs().sum(1), nan)
     return {"L0": l0, "L1": l1}

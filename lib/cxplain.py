@@ -607,7 +607,7 @@ class BootstrapEnsemble:
         ``(1 - confidence) / 2`` and ``(1 + confidence) / 2``, linear interpolation, as the
         reference computes its confidence intervals), or their standard deviation.
         """
-        p = self.predict_members(x, batch_size).double().numpy()
+        p = self.predict_members(x, batch_size).double().cpu().numpy()
         imp = np.median(p, axis=0) if center == "median" else p.mean(axis=0)
         if uncertainty == "ci_width":
             a = (1.0 - confidence) / 2.0
