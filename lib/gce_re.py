@@ -161,3 +161,71 @@ def re_step2_lambda(d_of_lambda: Callable[[float], float], d_ref: float, criteri
             return round(lam - lam_step, 10), rows
         old = gap
     return math.nan, rows
+
+
+def cached_explainer(arch: str, classifier: nn.Module, classifier_key: str, x: torch.Tensor, cfg: gce.GCEConfig, *,
+                     data_fingerprint: str, store_dtype: str = "bfloat16", cache=None, progress: bool = True,
+                     verbose: bool = True) -> tuple[nn.Module, dict]:
+    """Train a GCE explainer for ``classifier`` (float32, the authors' initialisation, the classifier
+    called once per alpha draw on its ``n_beta`` images, in ``cfg.classifier_mode``) or load it.
+
+    Only the decoder (all that I(alpha; Y) and the sweeps need) and the training history are stored,
+    in ``store_dtype`` (bfloat16 keeps the committed quick-profile files small). Returns the decoder
+    (float32, eval mode) and ``{"I": [...], "D": [...], "train_seconds", "from_cache", "key"}``."""
+    import time
+
+    from lib.cache import ArtifactCache
+    from lib.models.gce_cnn import reference_init_
+
+    cache = cache or ArtifactCache()
+    config = {**cfg.asdict(), "arch": arch, "classifier": classifier_key, "group_calls": True, "train_dtype": "float32",
+              "store_dtype": store_dtype, "n_train": len(x), "channels": int(x.shape[1]), "side": int(x.shape[-1])}
+
+    def build() -> gce.GCEExplainer:
+        torch.manual_seed(cfg.seed)
+        return reference_init_(gce.GCEExplainer(cfg.K, cfg.L, channels=int(x.shape[1]), side=int(x.shape[-1])))
+
+    def create() -> dict:
+        t0 = time.perf_counter()
+        ex = build()
+        hist = gce.train_gce(ex, PerGroupCalls(classifier, cfg.n_beta), x.float(), cfg, progress=progress,
+                             desc=f"GCE {arch} ({cfg.classifier_mode})")
+        sd = {k: v.to(getattr(torch, store_dtype)) for k, v in ex.decoder.state_dict().items()}
+        return {"decoder": sd, "info": {"I": hist["I"], "D": hist["D"], "train_seconds": time.perf_counter() - t0}}
+
+    name = f"gce-re-{arch}-explainer-{cfg.classifier_mode}"
+    payload, hit = cache.get_or_create(name, config, create, data_fingerprint, code=[gce, PerGroupCalls])
+    dec = build().decoder
+    dec.load_state_dict({k: v.float() for k, v in payload["decoder"].items()})
+    info = {**payload["info"], "from_cache": hit, "key": payload["__key__"]}
+    if verbose:
+        how = "loaded from cache" if hit else f"trained in {info['train_seconds']:.0f} s and cached"
+        print(f"{name}: {how} (key {info['key']})")
+    return dec.eval(), info
+
+
+def point_name(K: int, L: int, lam: float, seed: int) -> str:
+    """The artifact name of one grid point (one name per point: ``ci/freeze_artifacts.py`` keeps one file per name)."""
+    return f"gce-re-alg1-K{K}-L{L}-lam{lam:g}-s{seed}"
+
+
+def cached_point(classifier: nn.Module, classifier_key: str, x: torch.Tensor, K: int, L: int, lam: float, *, steps: int,
+                 n_alpha: int, n_beta: int, tail: int, seed: int, data_fingerprint: str, lr: float = 5e-4,
+                 batch_size: int = 64, cache=None) -> tuple[PointResult, bool]:
+    """:func:`train_point` through the artifact cache: only the (small) D and I histories are stored,
+    so a parameter-selection grid can be committed for the quick profile. Returns (result, from_cache)."""
+    from lib.cache import ArtifactCache
+
+    cache = cache or ArtifactCache()
+    config = {"K": K, "L": L, "lam": lam, "steps": steps, "n_alpha": n_alpha, "n_beta": n_beta, "tail": tail, "seed": seed,
+              "lr": lr, "batch_size": batch_size, "classifier": classifier_key, "n_train": len(x)}
+
+    def create() -> dict:
+        r = train_point(classifier, x.float(), K, L, lam, steps=steps, n_alpha=n_alpha, n_beta=n_beta, tail=tail,
+                        seed=seed, lr=lr, batch_size=batch_size)
+        return {"I": r.history["I"], "D": r.history["D"]}
+
+    payload, hit = cache.get_or_create(point_name(K, L, lam, seed), config, create, data_fingerprint, code=[gce])
+    D = float(np.mean(payload["D"][-tail:]))
+    C = -float(np.mean(payload["I"][-tail:]))
+    return PointResult(K, L, lam, seed, D, C, {"I": payload["I"], "D": payload["D"]}), hit
