@@ -17,6 +17,7 @@ read-only mapping with attribute access (``P.n_explain``).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
@@ -59,8 +60,8 @@ class Param:
 
 
 def _type_ok(value: Any, t: type) -> bool:
-    if t is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if t is float:  # NaN and infinities pass every range check, so they are refused here
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if t is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, t)
