@@ -25,3 +25,18 @@ def test_chapter_matches_its_regression_baseline(chapter):
                     f"(record {RECORDS[chapter].name}):\n  " + "\n  ".join(map(str, problems))
                     + f"\nIf intended: python ci/baselines.py accept {chapter}; review git diff ci/baselines; commit.",
                     pytrace=False)
+
+
+@pytest.mark.parametrize("chapter", sorted(RECORDS))
+def test_page_says_when_it_ran_on_the_committed_sample(chapter):
+    """The build runs with the full datasets absent (ci/test.sh): every page whose run used a committed
+    sample must tell its reader so (the loaders' notice, ``lib.data``: "committed SAMPLE")."""
+    record = json.loads(RECORDS[chapter].read_text())
+    samples = sorted(name for name, d in (record.get("data") or {}).items() if isinstance(d, dict) and d.get("sample"))
+    if not samples:
+        pytest.skip(f"{chapter} used no committed sample")
+    page = Path(__file__).resolve().parent.parent / "_build" / "html" / "chapters" / f"{chapter}.html"
+    assert page.exists(), f"{page} was not built"
+    assert "committed SAMPLE" in page.read_text(encoding="utf-8"), (
+        f"{chapter} ran on the committed sample of {', '.join(samples)} but its page does not say so: "
+        f"print the dataset's describe() (lib.data) in a visible cell")
