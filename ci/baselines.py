@@ -34,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import nbformat
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from lib.records import BookRecordError, book_record_paths  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINES = REPO / "ci" / "baselines"
@@ -155,20 +157,10 @@ def book_records() -> dict[str, Path]:
     sys.path.insert(0, str(REPO / "ci"))
     import build_book
 
-    found = {}
-    for source in build_book.chapters_in_toc():
-        nb_path = source.with_suffix(".ipynb")
-        if not nb_path.exists():
-            raise SystemExit(f"baselines: {nb_path.relative_to(REPO)} is missing: build the book first (python ci/build_book.py)")
-        meta = nbformat.read(nb_path, as_version=4).metadata.get("xai_book", {})
-        if "record" not in meta:
-            raise SystemExit(f"baselines: {nb_path.relative_to(REPO)} names no run record: rebuild it (python ci/build_book.py --force)")
-        record = REPO / meta["record"]
-        if not record.exists():
-            raise SystemExit(f"baselines: {nb_path.relative_to(REPO)} names the run record {meta['record']}, which is gone: "
-                             "re-execute it (python ci/build_book.py --force)")
-        found[source.stem] = record
-    return found
+    try:
+        return book_record_paths(build_book.chapters_in_toc(), repo=REPO)
+    except BookRecordError as err:
+        raise SystemExit(f"baselines: {err}") from None
 
 
 def accept(chapter: str, record_path: Path) -> list[str]:

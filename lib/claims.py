@@ -380,6 +380,11 @@ class ClaimLog:
             "verdicts": self.verdict_counts(),
         }
 
+    @property
+    def elapsed(self) -> float:
+        """Seconds since this log was created (the chapter's start)."""
+        return time.perf_counter() - self._t0
+
     def save(self) -> Path:
         """Write the run record to a new file (never replacing another run's); return its path."""
         return records.write_record(records.record_path(self.chapter, self._started), self.record())

@@ -153,3 +153,37 @@ def load_records(folder: Path | str | None = None, chapter: str | None = None) -
             docs.append(doc)
     return sorted(docs, key=lambda d: d.get("started", ""))
 
+
+
+class BookRecordError(RuntimeError):
+    """The executed book names no usable run record for a chapter (not built, or built before records)."""
+
+
+def book_record_paths(chapters: list[Path] | None = None, repo: Path = REPO_ROOT, strict: bool = True) -> dict[str, Path]:
+    """chapter -> the run record of its last execution by ``ci/build_book.py`` (named in the executed
+    notebook's metadata, ``xai_book.record``).
+
+    ``chapters``: chapter sources (``chapters/<name>.md``) to look up; default every executed notebook
+    under ``chapters/``. With ``strict``, a missing notebook or record raises :class:`BookRecordError`
+    saying how to fix it; otherwise such chapters are left out.
+    """
+    import nbformat
+
+    notebooks = [c.with_suffix(".ipynb") for c in chapters] if chapters is not None else sorted((repo / "chapters").glob("*.ipynb"))
+    found: dict[str, Path] = {}
+    for nb_path in notebooks:
+        rel = nb_path.relative_to(repo) if nb_path.is_relative_to(repo) else nb_path
+        problem = None
+        if not nb_path.exists():
+            problem = f"{rel} is missing: build the book first (python ci/build_book.py)"
+        else:
+            meta = nbformat.read(nb_path, as_version=4).metadata.get("xai_book", {})
+            if "record" not in meta:
+                problem = f"{rel} names no run record: rebuild it (python ci/build_book.py --force)"
+            elif not (repo / meta["record"]).exists():
+                problem = f"{rel} names the run record {meta['record']}, which is gone: re-execute it (python ci/build_book.py --force)"
+            else:
+                found[nb_path.stem] = repo / meta["record"]
+        if problem and strict:
+            raise BookRecordError(problem)
+    return found

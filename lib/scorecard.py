@@ -23,21 +23,16 @@ from typing import Iterable
 import numpy as np
 
 from lib.claims import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, VERDICTS
-from lib.records import REPO_ROOT, load_records
+from lib.records import REPO_ROOT, book_record_paths, load_records
 
 
 def book_records(repo: Path = REPO_ROOT) -> list[dict]:
     """The records of the book's last build: those named in the executed chapters' metadata."""
-    import nbformat
-
     out = []
-    for nb_path in sorted((repo / "chapters").glob("*.ipynb")):
-        meta = nbformat.read(nb_path, as_version=4).metadata.get("xai_book", {})
-        rec = meta.get("record")
-        if rec and (repo / rec).exists():
-            doc = json.loads((repo / rec).read_text())
-            doc["_path"] = rec
-            out.append(doc)
+    for path in book_record_paths(repo=repo, strict=False).values():
+        doc = json.loads(path.read_text())
+        doc["_path"] = str(path.relative_to(repo))
+        out.append(doc)
     return out
 
 

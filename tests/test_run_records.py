@@ -30,3 +30,23 @@ def test_record_dir_option(tmp_path):
     run(tmp_path / "o.ipynb", "--record-dir", str(tmp_path / "elsewhere"))
     assert len(list((tmp_path / "elsewhere").glob("o.*.record.json"))) == 1
     assert not list(tmp_path.glob("*.record.json"))
+
+
+def test_book_record_paths_reads_the_executed_notebooks(tmp_path):
+    import nbformat
+
+    from lib.records import BookRecordError, book_record_paths
+
+    (tmp_path / "chapters").mkdir()
+    rec = tmp_path / "_build" / "records" / "a.1.record.json"
+    rec.parent.mkdir(parents=True)
+    rec.write_text("{}")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["xai_book"] = {"record": "_build/records/a.1.record.json"}
+    nbformat.write(nb, tmp_path / "chapters" / "a.ipynb")
+    nbformat.write(nbformat.v4.new_notebook(), tmp_path / "chapters" / "b.ipynb")  # built before records existed
+    assert book_record_paths(repo=tmp_path, strict=False) == {"a": rec}
+    with pytest.raises(BookRecordError, match="b.ipynb names no run record"):
+        book_record_paths(repo=tmp_path)
+    with pytest.raises(BookRecordError, match="c.ipynb is missing"):
+        book_record_paths([tmp_path / "chapters" / "c.md"], repo=tmp_path)
