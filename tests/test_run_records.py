@@ -1,10 +1,13 @@
 """A rerun of a chapter writes its own run record next to its output (or where --record-dir says)
 and never replaces another run's record, the book's included."""
 import json
+
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 MINI = REPO / "tests" / "fixtures" / "mini_chapter.md"
