@@ -155,9 +155,15 @@ def plot_verdicts(ax, counts: dict[str, dict[str, int]], title: str = "verdicts 
     ax.invert_yaxis()
 
 
-def load(runs: str | Path | None) -> list[dict]:
-    """The book's own records (``runs=None``) or every record under a folder (a sweep's output);
-    the scorecard's own records are left out (they hold no claims, and counting them would make the
-    page depend on whether it ran before)."""
+def load(runs: str | Path | None, committed: bool = True) -> list[dict]:
+    """The book's own records (``runs=None``) or every record under a folder (a sweep's output).
+
+    With the book's own records, ``committed`` adds the run records committed under ``results/``
+    (full-data runs made with ``ci/run_chapter.py`` and published with ``ci/publish_run.py``); they
+    form their own rows (profile, data), beside the quick build's. The scorecard's own records are
+    left out (they hold no claims, and counting them would make the page depend on whether it ran
+    before)."""
     records = book_records() if runs is None else load_records(runs)
+    if runs is None and committed and (REPO_ROOT / "results").is_dir():
+        records += [dict(r, _committed=True) for r in load_records(REPO_ROOT / "results")]
     return [r for r in records if r.get("chapter") != "scorecard"]

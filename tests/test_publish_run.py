@@ -1,0 +1,31 @@
+"""ci/publish_run.py: a committed run becomes a page that says where and when it ran."""
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ci"))
+import publish_run  # noqa: E402
+
+
+def test_published_page_names_hardware_commit_and_data(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# CEM: pertinent negatives\n\nText."), nbformat.v4.new_code_cell("1 + 1")]
+    nb_path = tmp_path / "cem-full.ipynb"
+    nbformat.write(nb, nb_path)
+    record = {"chapter": "cem", "profile": "full", "seed": 0, "started": "2026-11-25T17:00:00+00:00", "duration_s": 1800,
+              "parameters": {"profile": "full", "n_explain": 20}, "git": {"commit": "abcdef1234567", "dirty": False},
+              "hardware": {"cpu": "Some CPU", "cores": 2, "torch_threads": 2, "gpu": None},
+              "data": {"mnist": {"sample": False, "n_train": 60000, "n_test": 10000, "fingerprint": "f00"}}}
+    rec_path = tmp_path / "cem-full.20261125T170000Z-abc.record.json"
+    rec_path.write_text(json.dumps(record))
+    out = publish_run.publish(nb_path, rec_path, repo=tmp_path)
+    assert out == tmp_path / "results" / "cem" / "cem-full.ipynb"
+    assert (tmp_path / "results" / "cem" / rec_path.name).exists()
+    page = nbformat.read(out, as_version=4)
+    head = page.cells[0].source
+    assert head.startswith("# CEM: pertinent negatives: full-data run of 2026-11-25")
+    for text in ("Some CPU", "abcdef1234", "30.0 min", "full dataset", "not re-executed", "`n_explain` | `20`"):
+        assert text in head, text
+    assert not page.cells[1].source.startswith("# ")  # one title per page
