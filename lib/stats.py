@@ -30,6 +30,9 @@ import numpy as np
 LEVEL = 0.95
 ALPHA = 0.05
 N_BOOT = 10_000
+# Below this many instances a percentile bootstrap interval under-covers badly (with n = 2 it is the
+# range of the two values), so bootstrap_mean widens it to at least the Student-t interval.
+SMALL_N = 10
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,11 @@ def _as_array(values) -> np.ndarray:
 
 
 def bootstrap_mean(values: Sequence[float], seed: int = 0, level: float = LEVEL, n_boot: int = N_BOOT) -> Estimate:
-    """Mean of per-instance ``values`` (NaNs dropped) with a percentile bootstrap interval over instances."""
+    """Mean of per-instance ``values`` (NaNs dropped) with a percentile bootstrap interval over instances.
+
+    With fewer than ``SMALL_N`` instances the interval is widened to contain the Student-t interval
+    (unbounded for one instance), since the percentile bootstrap under-covers at small n.
+    """
     x = _as_array(values)
     x = x[~np.isnan(x)]
     if len(x) == 0:
@@ -112,7 +119,22 @@ def bootstrap_mean(values: Sequence[float], seed: int = 0, level: float = LEVEL,
     means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
     a = (1 - level) / 2
     lo, hi = np.quantile(means, [a, 1 - a])
-    return Estimate(float(x.mean()), float(lo), float(hi), len(x), f"mean, percentile bootstrap over instances ({n_boot} resamples, {level:.0%})")
+    method = f"mean, percentile bootstrap over instances ({n_boot} resamples, {level:.0%})"
+    if len(x) < SMALL_N:
+        t_lo, t_hi = _t_interval(x, level)
+        lo, hi = min(lo, t_lo), max(hi, t_hi)
+        method += f", widened to the Student-t interval (n < {SMALL_N}: the bootstrap alone under-covers)"
+    return Estimate(float(x.mean()), float(lo), float(hi), len(x), method)
+
+
+def _t_interval(x: np.ndarray, level: float) -> tuple[float, float]:
+    """Student-t interval for the mean; unbounded for a single value."""
+    from scipy.stats import t as student_t
+
+    if len(x) < 2:
+        return -math.inf, math.inf
+    half = student_t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return float(x.mean() - half), float(x.mean() + half)
 
 
 def bootstrap_ratio(numerator: Sequence[float], denominator: Sequence[float], seed: int = 0, level: float = LEVEL,

@@ -144,3 +144,19 @@ def test_records_are_strict_json(tmp_path, monkeypatch):
     lg.claim("a", "s", bootstrap_mean([]), rule=AtLeast(0.5), source="p", verbose=False)
     doc = json.loads(lg.save().read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert doc["outputs"]["nothing"] is None and doc["claims"][0]["verdict"] == NOT_TESTABLE
+
+
+def test_small_samples_get_at_least_the_student_t_interval():
+    from scipy.stats import t as student_t
+
+    from lib.stats import SMALL_N, bootstrap_mean
+
+    two = bootstrap_mean([1.0, 1.04])
+    half = student_t.ppf(0.975, 1) * np.std([1.0, 1.04], ddof=1) / np.sqrt(2)
+    assert two.low <= 1.02 - half + 1e-12 and two.high >= 1.02 + half - 1e-12  # the bootstrap alone gives [1.0, 1.04]
+    assert "Student-t" in two.method
+    one = bootstrap_mean([0.7])
+    assert one.low == -np.inf and one.high == np.inf
+    assert AtMost(0.5, why="x").judge(one, None)[0] == INCONCLUSIVE
+    big = bootstrap_mean(np.linspace(0, 1, SMALL_N))
+    assert "Student-t" not in big.method
