@@ -67,6 +67,20 @@ def area(curves: np.ndarray, rate: np.ndarray, max_rate: float = 1.0) -> np.ndar
     return _trapezoid(c, r, axis=1) / max(r[-1] - r[0], 1e-12)
 
 
+def area_se(se: np.ndarray, rate: np.ndarray, max_rate: float = 1.0) -> np.ndarray:
+    """Monte-Carlo standard error of :func:`area` per image, from the per-step standard errors ``se``
+    (the steps' noise draws are independent, so the trapezoid weights combine them in quadrature)."""
+    r = rate[::-1]
+    e = se[:, ::-1]
+    keep = r <= max_rate + 1e-12
+    r, e = r[keep], e[:, keep]
+    w = np.zeros(len(r))
+    d = np.diff(r) / 2
+    w[:-1] += d
+    w[1:] += d
+    return np.sqrt((e**2 * w**2).sum(1)) / max(r[-1] - r[0], 1e-12)
+
+
 @torch.no_grad()
 def relevance_ordering_test(
     probs: ProbFn,
@@ -117,3 +131,60 @@ def relevance_ordering_test(
     bar.close()
     rate = 1 - np.minimum(np.arange(steps + 1) * group_size, size) / size
     return FlipCurves(rate, dist.T, dist_se.T, acc.T, acc_se.T)
+
+
+def tie_free_ranks(mapping: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each component's rank in ascending relevance (0 = least relevant), ties broken at random as in
+    :func:`relevance_ordering`; float64, shaped like ``mapping``. Two tests given these ranks instead of
+    the map see the same order, whatever their own tie-breaking."""
+    order = relevance_ordering(mapping, generator)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order).contiguous())
+    return ranks.double().view(mapping.shape)
+
+
+@torch.no_grad()
+def baseline_flip_curves(
+    probs: ProbFn,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    mappings: torch.Tensor,
+    group_size: int = 5,
+    most_relevant_first: bool = True,
+    generator: torch.Generator | None = None,
+    batch: int = 8192,
+) -> np.ndarray:
+    """The pixel-flipping test of Quantus' ``PixelFlipping`` (deterministic, no noise draws).
+
+    Components are replaced, ``group_size`` per step and *most relevant first* by default, by a
+    baseline: the image's minimum (Quantus' ``perturb_baseline="black"``, the minimum of the image).
+    Returns the probability of class ``labels`` after each step, shaped (N, ceil(size / group_size));
+    the first column is after the first group (Quantus' curve has no unperturbed point). Ties are
+    broken at random (``generator``); pass :func:`tie_free_ranks` to fix the order.
+    """
+    if mappings.shape != x.shape:
+        raise ValueError(f"relevance maps must have the images' shape {tuple(x.shape)}, got {tuple(mappings.shape)}")
+    n, size = len(x), x[0].numel()
+    steps = math.ceil(size / group_size)
+    order = relevance_ordering(mappings, generator)
+    if most_relevant_first:
+        order = order.flip(1)
+    out = np.zeros((n, steps))
+    for i in range(n):
+        xi = x[i].flatten()
+        rank = torch.empty(size, dtype=torch.long)
+        rank[order[i]] = torch.arange(size)
+        removed = rank[None, :] < (torch.arange(1, steps + 1)[:, None] * group_size)  # (steps, size)
+        imgs = torch.where(removed, xi.min(), xi).view(-1, *x.shape[1:])
+        p = torch.cat([probs(imgs[j : j + batch]) for j in range(0, steps, batch)])
+        out[i] = p[:, labels[i]].double().numpy()
+    return out
+
+
+def plot_curve(ax, rate: np.ndarray, mean: np.ndarray, band: np.ndarray | None = None, label: str = "", **kw):
+    """One method's mean curve against the rate (share of components kept), with its band shaded."""
+    (line,) = ax.plot(rate, mean, label=label, **kw)
+    if band is not None:
+        ax.fill_between(rate, mean - band, mean + band, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("rate (share of components kept)")
+    return line

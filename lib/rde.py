@@ -21,6 +21,11 @@ and line search, so one batched ADF forward/backward pass per line-search trial 
 
 Supported layers for ADF: ``Conv2d``, ``Linear``, ``AvgPool2d``, ``ReLU``, ``Flatten`` inside an
 ``nn.Sequential`` (the reference's MNIST classifier is exactly such a stack).
+
+Checking ADF against Monte Carlo: :func:`distortion_mc` (the distortion from noise draws),
+:func:`layer_moments_mc` (means and variances after every layer, the counterpart of
+``adf_forward(..., trace=[])``) and :func:`distortion_mc_masks` (many masks of one image with the
+same draws, to compare how ADF and Monte Carlo order masks).
 """
 from __future__ import annotations
 
@@ -133,25 +138,82 @@ class NoiseModel:
         return cls(mean, None, factor.view(rank, *x.shape[1:]))
 
 
-def distortion(model: nn.Sequential, x: torch.Tensor, s: torch.Tensor, node: torch.Tensor, target: torch.Tensor,
-               noise: NoiseModel, mode: str = "diag") -> torch.Tensor:
-    """ADF estimate of 1/2 [(E Phi(y) - target)^2 + Var Phi(y)] per image (shape (N,)), y = s x + (1 - s) n."""
-    dtype = next(model.parameters()).dtype
+def obfuscation_moments(x: torch.Tensor, s: torch.Tensor, noise: NoiseModel, mode: str = "diag",
+                        dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance (diag) or covariance factor (lowrank) of y = s x + (1 - s) n, per image."""
     x, s = x.to(dtype), s.to(dtype)
     mean_in = s * x + (1 - s) * noise.mean.to(dtype)
     if mode == "diag":
         if noise.var is None:
             raise ValueError("diag mode needs a noise variance (NoiseModel.from_data without rank)")
-        second = (1 - s) ** 2 * noise.var.to(dtype)
-    else:
-        if noise.factor is None:
-            raise ValueError("lowrank mode needs a covariance factor (NoiseModel.from_data with rank)")
-        second = noise.factor.to(dtype).unsqueeze(0) * (1 - s).unsqueeze(1)
+        return mean_in, (1 - s) ** 2 * noise.var.to(dtype)
+    if noise.factor is None:
+        raise ValueError("lowrank mode needs a covariance factor (NoiseModel.from_data with rank)")
+    return mean_in, noise.factor.to(dtype).unsqueeze(0) * (1 - s).unsqueeze(1)
+
+
+def distortion(model: nn.Sequential, x: torch.Tensor, s: torch.Tensor, node: torch.Tensor, target: torch.Tensor,
+               noise: NoiseModel, mode: str = "diag") -> torch.Tensor:
+    """ADF estimate of 1/2 [(E Phi(y) - target)^2 + Var Phi(y)] per image (shape (N,)), y = s x + (1 - s) n."""
+    dtype = next(model.parameters()).dtype
+    mean_in, second = obfuscation_moments(x, s, noise, mode, dtype)
     out_mean, out_second = adf_forward(model, mean_in, second, mode)
     out_var = out_second if mode == "diag" else out_second.pow(2).sum(1)
     idx = node.view(-1, 1)
     m, v = out_mean.gather(1, idx).squeeze(1), out_var.gather(1, idx).squeeze(1)
     return 0.5 * ((m - target.to(dtype)) ** 2 + v)
+
+
+def _noise_draws(noise: NoiseModel, k: int, generator: torch.Generator | None) -> torch.Tensor:
+    """k Gaussian draws with the noise model's moments (float64)."""
+    if noise.factor is not None and noise.var is None:
+        eps = torch.randn(k, noise.factor.shape[0], generator=generator, dtype=torch.float64)
+        return noise.mean.double() + torch.einsum("kr,r...->k...", eps, noise.factor.double())
+    return noise.mean.double() + noise.var.double().sqrt() * torch.randn(k, *noise.mean.shape, generator=generator,
+                                                                          dtype=torch.float64)
+
+
+@torch.no_grad()
+def layer_moments_mc(model: nn.Sequential, x: torch.Tensor, s: torch.Tensor, noise: NoiseModel, n_samples: int = 4096,
+                     generator: torch.Generator | None = None, batch: int = 1024) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Monte-Carlo mean and variance after every layer of ``model`` for one image ``x`` (C, H, W) and mask ``s``,
+    with Gaussian noise of the noise model's moments: the counterpart of ``adf_forward(..., trace=[])``."""
+    dtype = next(model.parameters()).dtype
+    names = [name for name, _ in model.named_children()]
+    sums: list = [0.0] * len(names)
+    squares: list = [0.0] * len(names)
+    for j in range(0, n_samples, batch):
+        k = min(batch, n_samples - j)
+        h = (s * x + (1 - s) * _noise_draws(noise, k, generator)).to(dtype)
+        for li, layer in enumerate(model.children()):
+            h = layer(h)
+            hd = h.double()
+            sums[li] = sums[li] + hd.sum(0)
+            squares[li] = squares[li] + (hd * hd).sum(0)
+    out = []
+    for name, sm, sq in zip(names, sums, squares):
+        mean = sm / n_samples
+        out.append((name, mean, ((sq - n_samples * mean * mean) / (n_samples - 1)).clamp_min(0)))
+    return out
+
+
+@torch.no_grad()
+def distortion_mc_masks(model: nn.Module, x: torch.Tensor, masks: torch.Tensor, node: int, target: float,
+                        noise: NoiseModel, n_samples: int = 256, seed: int = 0, batch: int = 4096) -> torch.Tensor:
+    """Monte-Carlo distortion of one image ``x`` (C, H, W) under each of ``masks`` (K, C, H, W), with the
+    same noise draws for every mask (common random numbers: the masks' differences are not buried in
+    independent sampling noise). Returns (K,) float64."""
+    dtype = next(model.parameters()).dtype
+    n = _noise_draws(noise, n_samples, torch.Generator().manual_seed(seed))
+    out = []
+    for s in masks:
+        vals = []
+        for j in range(0, n_samples, batch):
+            y = s * x + (1 - s) * n[j : j + batch]
+            vals.append(model(y.to(dtype))[:, node].double())
+        v = torch.cat(vals)
+        out.append(0.5 * ((v.mean() - target) ** 2 + v.var(unbiased=True)))
+    return torch.stack(out)
 
 
 @torch.no_grad()
@@ -164,12 +226,7 @@ def distortion_mc(model: nn.Module, x: torch.Tensor, s: torch.Tensor, node: torc
     for i in range(len(x)):
         vals = []
         for j in range(0, n_samples, batch):
-            k = min(batch, n_samples - j)
-            if noise.factor is not None and noise.var is None:
-                eps = torch.randn(k, noise.factor.shape[0], generator=generator, dtype=torch.float64)
-                n = noise.mean + torch.einsum("kr,r...->k...", eps, noise.factor.double())
-            else:
-                n = noise.mean + noise.var.sqrt() * torch.randn(k, *noise.mean.shape, generator=generator, dtype=torch.float64)
+            n = _noise_draws(noise, min(batch, n_samples - j), generator)
             y = s[i] * x[i] + (1 - s[i]) * n
             vals.append(model(y.to(dtype))[:, node[i]].double())
         v = torch.cat(vals)

@@ -56,3 +56,29 @@ def test_area_of_constant_curves_and_sparse_window():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="shape"):
         relevance_ordering_test(known_model(), torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long), torch.zeros(1, 64))
+
+
+def test_tie_free_ranks_follow_the_ordering():
+    from lib.pixelflip import tie_free_ranks
+
+    m = torch.tensor([[[[3.0, 1.0], [2.0, 1.0]]]])
+    r = tie_free_ranks(m, torch.Generator().manual_seed(0))
+    assert sorted(r.flatten().tolist()) == [0, 1, 2, 3]
+    assert r.flatten()[0] == 3 and r.flatten()[2] == 2  # most relevant last
+    assert set(r.flatten()[[1, 3]].tolist()) == {0, 1}  # the tie takes the two lowest ranks
+
+
+def test_baseline_mode_most_relevant_first_drops_the_probability_fastest():
+    from lib.pixelflip import baseline_flip_curves
+
+    x = torch.zeros(2, 1, 8, 8)
+    x.view(2, -1)[:, :10] = 1.0
+    true = torch.zeros_like(x)
+    true.view(2, -1)[:, :10] = 1.0
+    labels = torch.zeros(2, dtype=torch.long)
+    good = baseline_flip_curves(known_model(), x, labels, true, group_size=4)
+    bad = baseline_flip_curves(known_model(), x, labels, -true, group_size=4)
+    assert good.shape == (2, 16)
+    assert good.mean() < bad.mean()
+    assert np.allclose(good[:, 2:], good[0, -1])  # after 3 steps of 4 the 10 relevant pixels are at the baseline (0)
+    assert np.allclose(bad[:, :13], bad[0, 0])  # the 54 irrelevant pixels go first: no change for 13 steps

@@ -158,3 +158,50 @@ def test_rde_rejects_a_missing_noise_statistic():
     noise = NoiseModel.from_data(torch.rand(10, 1, 4, 4))
     with pytest.raises(ValueError, match="lowrank"):
         rde_explain(net, x, noise, RDEConfig(mode="lowrank", max_iterations=2), progress=False)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)),  # disjoint windows of independent noise
+    lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU()),  # one linear map, then a pointwise ReLU
+], ids=["pool-dense", "conv-relu"])
+def test_layer_moments_mc_match_adf_where_adf_is_exact(make):
+    """Diag ADF is exact while every layer's inputs are independent Gaussians (or a pointwise function of
+    them): the Monte-Carlo moments after every layer agree within sampling error. (After a convolution,
+    neighbouring units share input pixels, so a following pooling or dense layer is where the gap starts:
+    that gap is measured in the RDE chapter.)"""
+    from lib.rde import layer_moments_mc, obfuscation_moments
+
+    torch.manual_seed(0)
+    net = make()
+    x, s = torch.rand(1, 8, 8), torch.rand(1, 8, 8)
+    noise = NoiseModel.from_data(torch.rand(300, 1, 8, 8))
+    trace = []
+    with torch.no_grad():
+        adf_forward(net, *obfuscation_moments(x[None], s[None], noise), trace=trace)
+    n = 40_000
+    mc = layer_moments_mc(net, x, s, noise, n_samples=n, generator=torch.Generator().manual_seed(1), batch=8192)
+    assert [t[0] for t in trace] == [m[0] for m in mc]
+    for (_, am, av), (_, mm, mv) in zip(trace, mc):
+        # + 1e-6: units that are (almost) never positive have no Monte-Carlo spread but a tiny exact ADF tail
+        assert torch.all((am[0] - mm).abs() <= 5 * (mv / n).sqrt() + 1e-6)
+        # relative SE of a sample variance: sqrt((kurtosis - 1) / n) <= sqrt(8 / n) for units that are positive often
+        # enough; a rarely positive ReLU unit is heavy-tailed and tiny, so it is held to an absolute bound instead
+        big = mv > 0.01 * mv.max()
+        assert torch.all((av[0] - mv).abs()[big] <= 5 * (8 / n) ** 0.5 * mv[big])
+        assert torch.all((av[0] - mv).abs()[~big] <= 0.002 * mv.max())
+
+
+def test_distortion_mc_masks_uses_common_draws():
+    from lib.rde import distortion_mc_masks
+
+    net = reference_like_net()
+    x = torch.rand(1, 28, 28)
+    noise = NoiseModel.from_data(torch.rand(50, 1, 28, 28))
+    with torch.no_grad():
+        out = net(x[None])[0]
+    node = int(out.argmax())
+    s = torch.rand(1, 28, 28)
+    masks = torch.stack([s, s, torch.ones_like(s)])
+    d = distortion_mc_masks(net, x, masks, node, float(out[node]), noise, n_samples=64, seed=0)
+    assert d[0] == d[1]  # the same draws for every mask: equal masks, equal values
+    assert d[2] < 1e-10 < d[0]  # a mask of ones keeps the logit
