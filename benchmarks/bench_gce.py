@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from lib.gce import GCEConfig, GCEExplainer, information_flow, train_gce  # noqa: E402
+from lib.gce import GCEConfig, GCEExplainer, information_flow, train_gce  # noqa: E402  (lib.gce_core, re-exported)
 from lib.models.gce_cnn import GCEClassifier, reference_init_  # noqa: E402
 
 
@@ -40,7 +40,11 @@ def main() -> None:
     ap.add_argument("--L", type=int, default=7)
     ap.add_argument("--steps", type=int, default=3, help="timed repetitions")
     ap.add_argument("--reference", help="folder with the authors' causaleffect.py")
+    ap.add_argument("--threads", type=int, help="torch threads (on an oversubscribed shared CPU, 1 thread avoided a "
+                    "15-60x slow-down of 2-thread runs that we measured while other jobs kept 13 processes runnable)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     clf = GCEClassifier(2).eval()
     for p in clf.parameters():
