@@ -258,6 +258,9 @@ class ClaimLog:
                 raise ValueError(f"ClaimLog({self.chapter!r}): params must include {need!r} (pass the resolved parameters P)")
         self._t0 = time.perf_counter()
         self._started = records.now_utc()
+        # the commit of the code this run imported: read at the start, since the working tree may
+        # change while a long run executes
+        self._git = records.git_commit()
         if self.data is not None:
             self.add_data(self.data)
 
@@ -372,7 +375,7 @@ class ClaimLog:
             "full_data": self.full_data,
             "versions": records.versions(),
             "hardware": records.hardware(),
-            "git": records.git_commit(),
+            "git": self._git,
             "started": self._started.isoformat(timespec="seconds"),
             "duration_s": round(time.perf_counter() - self._t0, 1),
             "outputs": self.outputs,

@@ -53,3 +53,14 @@ def test_book_record_paths_reads_the_executed_notebooks(tmp_path):
         book_record_paths(repo=tmp_path)
     with pytest.raises(BookRecordError, match="c.ipynb is missing"):
         book_record_paths([tmp_path / "chapters" / "c.md"], repo=tmp_path)
+
+
+def test_record_names_the_commit_at_the_start_of_the_run(monkeypatch, tmp_path):
+    from lib import records
+    from lib.claims import ClaimLog
+
+    monkeypatch.setenv("XAI_RECORD_DIR", str(tmp_path))
+    commits = iter([{"commit": "aaa", "dirty": False}, {"commit": "bbb", "dirty": True}])
+    monkeypatch.setattr(records, "git_commit", lambda: next(commits))
+    log = ClaimLog("mini", params={"profile": "quick", "seed": 0})  # the run starts at commit aaa
+    assert log.record()["git"] == {"commit": "aaa", "dirty": False}  # the tree moved on to bbb meanwhile
