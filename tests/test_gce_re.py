@@ -168,3 +168,26 @@ def test_scaled_inputs_flatten_a_relu_classifier():
         spread_full = probs_fn(m)(x)[:, 0].std()
         spread_small = probs_fn(m, input_scale=1 / 255)(x)[:, 0].std()
     assert spread_small < spread_full / 20
+
+
+def test_cached_explainer_and_point_reload_the_same_results(tmp_path):
+    from lib.cache import ArtifactCache
+    from lib.gce import GCEConfig
+    from lib.gce_re import cached_explainer, cached_point
+
+    torch.manual_seed(0)
+    cache = ArtifactCache(tmp_path, committed=[])
+    clf = build_classifier("resnet").eval()
+    x = torch.rand(16, 1, 28, 28)
+    cfg = GCEConfig(K=1, L=1, lam=0.05, steps=2, n_alpha=2, n_beta=3, batch_size=4, classifier_mode="train")
+    d1, i1 = cached_explainer("resnet", clf, "k", x, cfg, data_fingerprint="t", cache=cache, progress=False, verbose=False)
+    d2, i2 = cached_explainer("resnet", clf, "k", x, cfg, data_fingerprint="t", cache=cache, progress=False, verbose=False)
+    assert not i1["from_cache"] and i2["from_cache"] and i1["I"] == i2["I"] and len(i1["D"]) == 2
+    z = torch.randn(3, 2)
+    with torch.no_grad():
+        assert torch.equal(d1(z), d2(z))
+    r1, hit1 = cached_point(clf, "k", x, 1, 1, 0.05, steps=2, n_alpha=2, n_beta=3, tail=1, seed=0, data_fingerprint="t",
+                            batch_size=4, cache=cache)
+    r2, hit2 = cached_point(clf, "k", x, 1, 1, 0.05, steps=2, n_alpha=2, n_beta=3, tail=1, seed=0, data_fingerprint="t",
+                            batch_size=4, cache=cache)
+    assert not hit1 and hit2 and (r1.D, r1.C) == (r2.D, r2.C)
