@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lib import gce
+from lib import gce, gce_core
 from lib.cache import cached_model
 from lib.models.gce_re import PerGroupCalls, build_classifier, train_classifier
 from lib.stats import Estimate
@@ -194,7 +194,7 @@ def cached_explainer(arch: str, classifier: nn.Module, classifier_key: str, x: t
         return {"decoder": sd, "info": {"I": hist["I"], "D": hist["D"], "train_seconds": time.perf_counter() - t0}}
 
     name = f"gce-re-{arch}-explainer-{cfg.classifier_mode}"
-    payload, hit = cache.get_or_create(name, config, create, data_fingerprint, code=[gce, PerGroupCalls])
+    payload, hit = cache.get_or_create(name, config, create, data_fingerprint, code=[gce_core, PerGroupCalls])
     dec = build().decoder
     dec.load_state_dict({k: v.float() for k, v in payload["decoder"].items()})
     info = {**payload["info"], "from_cache": hit, "key": payload["__key__"]}
@@ -225,7 +225,7 @@ def cached_point(classifier: nn.Module, classifier_key: str, x: torch.Tensor, K:
                         seed=seed, lr=lr, batch_size=batch_size)
         return {"I": r.history["I"], "D": r.history["D"]}
 
-    payload, hit = cache.get_or_create(point_name(K, L, lam, seed), config, create, data_fingerprint, code=[gce])
+    payload, hit = cache.get_or_create(point_name(K, L, lam, seed), config, create, data_fingerprint, code=[gce_core])
     D = float(np.mean(payload["D"][-tail:]))
     C = -float(np.mean(payload["I"][-tail:]))
     return PointResult(K, L, lam, seed, D, C, {"I": payload["I"], "D": payload["D"]}), hit
