@@ -269,3 +269,64 @@ def test_mask_overlay_tints_exactly_the_masked_pixels() -> None:
     tinted = ~np.isclose(rgb[..., 0], rgb[..., 2])
     assert np.array_equal(tinted, pix.numpy())
     np.testing.assert_allclose(rgb[~pix.numpy()][:, 1], grey[~pix].numpy(), atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Pixel-level baselines shared with the RDE chapter
+# --------------------------------------------------------------------------------------------
+def _small_cnn(seed=0):
+    torch.manual_seed(seed)
+    from torch import nn
+
+    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(3 * 4 * 4, 5),
+                         nn.ReLU(), nn.Linear(5, 3)).double().eval()
+
+
+def test_squared_saliency_is_the_squared_gradient():
+    from lib.attributions import saliency
+
+    net = _small_cnn()
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64, requires_grad=True)
+    t = net(x).argmax(1)
+    (g,) = torch.autograd.grad(net(x).gather(1, t[:, None]).sum(), x)
+    assert torch.allclose(saliency(net, x.detach(), square=True), g**2)
+    assert torch.allclose(saliency(net, x.detach()), g.abs())
+
+
+def test_lrp_ready_is_equivalent_and_lrp_epsilon_conserves_relevance():
+    from torch import nn
+    from lib.attributions import lrp, lrp_ready
+
+    net = _small_cnn()
+    for m in net:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.zeros_(m.bias)  # without biases the epsilon rule (tiny epsilon) conserves relevance
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    assert torch.allclose(lrp_ready(net, (1, 8, 8))(x), net(x), atol=1e-12)
+    r = lrp(net, x, epsilon=1e-12)
+    logit = net(x).max(1).values
+    assert torch.allclose(r.sum(dim=(1, 2, 3)), logit, rtol=1e-6)
+    assert lrp(net, x, rule="preset_a").shape == x.shape
+    with pytest.raises(ValueError, match="rule"):
+        lrp(net, x, rule="alpha2beta1")
+
+
+def test_smoothgrad_is_seeded_and_input_plus_random_has_the_stated_noise():
+    from lib.attributions import input_plus_random, smoothgrad
+
+    net = _small_cnn()
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    a, b = smoothgrad(net, x, n_samples=8, seed=1), smoothgrad(net, x, n_samples=8, seed=1)
+    assert torch.equal(a, b) and torch.all(a >= 0)
+    big = torch.randn(1, 1, 200, 200, dtype=torch.float64)
+    noise = input_plus_random(big, torch.Generator().manual_seed(0)) - big
+    assert abs(float(noise.std()) / (2 * float(big.std())) - 1) < 0.02
+
+
+def test_lime_image_map_paints_segment_weights():
+    from lib.attributions import lime_image_map
+
+    net = _small_cnn().float()
+    x = torch.rand(1, 1, 8, 8)
+    m = lime_image_map(net, x, num_samples=50, seed=0)
+    assert m.shape == x.shape and torch.isfinite(m).all()
