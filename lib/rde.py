@@ -45,16 +45,22 @@ _SQRT2PI = math.sqrt(2.0 * math.pi)
 # --- ADF moment propagation ----------------------------------------------------------------------
 
 def relu_moments(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and variance of ReLU(z) for z ~ N(mean, var), elementwise (exact for a Gaussian input)."""
-    std = var.clamp_min(0).sqrt()
-    safe = std.clamp_min(1e-12)
-    r = mean / safe
+    """Mean and variance of ReLU(z) for z ~ N(mean, var), elementwise (exact for a Gaussian input).
+
+    Components with (numerically) zero variance are plain ReLUs. The Gaussian branch is evaluated on a
+    safe variance there, so that its gradient stays finite: ``torch.where`` passes the unused branch's
+    gradient times zero, and sqrt's infinite gradient at 0 would turn that into NaN (MNIST's border
+    pixels have zero variance in the training data, so this happens in RDE).
+    """
+    deterministic = var <= 1e-24
+    safe_var = torch.where(deterministic, torch.ones_like(var), var)
+    std = safe_var.sqrt()
+    r = mean / std
     cdf = 0.5 * (1 + torch.erf(r / _SQRT2))
     pdf = torch.exp(-0.5 * r * r) / _SQRT2PI
     m = mean * cdf + std * pdf
-    second = (mean * mean + var) * cdf + mean * std * pdf
+    second = (mean * mean + safe_var) * cdf + mean * std * pdf
     v = (second - m * m).clamp_min(0)
-    deterministic = std < 1e-12
     return torch.where(deterministic, mean.clamp_min(0), m), torch.where(deterministic, torch.zeros_like(v), v)
 
 

@@ -205,3 +205,22 @@ def test_distortion_mc_masks_uses_common_draws():
     d = distortion_mc_masks(net, x, masks, node, float(out[node]), noise, n_samples=64, seed=0)
     assert d[0] == d[1]  # the same draws for every mask: equal masks, equal values
     assert d[2] < 1e-10 < d[0]  # a mask of ones keeps the logit
+
+
+def test_zero_variance_components_keep_gradients_finite():
+    """Pixels without noise variance (MNIST's border) give units with zero variance: plain ReLUs whose
+    gradient must stay finite (sqrt's infinite slope at 0 once made every RDE mask NaN in float32)."""
+    for dtype in (torch.float32, torch.float64):
+        mean = torch.tensor([-1.0, 0.5, 2.0, -0.3], dtype=dtype, requires_grad=True)
+        var = torch.tensor([0.0, 0.0, 1.0, 0.2], dtype=dtype, requires_grad=True)
+        m, v = relu_moments(mean, var)
+        (m.sum() + v.sum()).backward()
+        assert torch.isfinite(mean.grad).all() and torch.isfinite(var.grad).all()
+        assert m[:2].tolist() == [0.0, 0.5] and v[:2].tolist() == [0.0, 0.0]
+    net = reference_like_net().float()
+    x = torch.rand(2, 1, 28, 28)
+    data = torch.rand(50, 1, 28, 28)
+    data[:, :, :3, :] = 0.0  # border rows without variance
+    noise = NoiseModel.from_data(data)
+    res = rde_explain(net, x, noise, RDEConfig(mu=0.5, max_iterations=3), progress=False)
+    assert torch.isfinite(res.mask).all() and torch.isfinite(res.distortion).all()
