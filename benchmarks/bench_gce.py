@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -22,14 +21,7 @@ import torch  # noqa: E402
 
 from lib.gce import GCEConfig, GCEExplainer, information_flow, train_gce  # noqa: E402  (lib.gce_core, re-exported)
 from lib.models.gce_cnn import GCEClassifier, reference_init_  # noqa: E402
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up, untimed
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - t0) / repeats
+from timing import timed  # noqa: E402  (benchmarks/timing.py)
 
 
 def main() -> None:

@@ -29,14 +29,7 @@ import torch  # noqa: E402
 from lib.models.rde_mnist import rde_mnist_net  # noqa: E402
 from lib.pixelflip import relevance_ordering_test  # noqa: E402
 from lib.rde import NoiseModel, _noise_draws, distortion  # noqa: E402
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up, untimed
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - t0) / repeats
+from timing import timed  # noqa: E402  (benchmarks/timing.py)
 
 
 def main() -> None:
