@@ -80,16 +80,19 @@ def _unwrap(t):
     return t
 
 
-def _target_device(func, args, kwargs):
-    """The device a ``.to(...)``-like call asks for, or None."""
-    if "device" in kwargs:
-        return kwargs["device"]
+def _split_to_args(args, kwargs):
+    """A ``.to(...)`` call's target device (or None) and its other positional arguments (a tensor
+    argument, ``.to(other)``, contributes its device and its dtype)."""
+    device, rest = kwargs.get("device"), []
     for a in args[1:]:
         if isinstance(a, (str, torch.device)):
-            return a
-        if isinstance(a, torch.Tensor):  # .to(other_tensor)
-            return a.device
-    return None
+            device = a
+        elif isinstance(a, torch.Tensor):
+            device = a.device
+            rest.append(a.dtype)
+        else:
+            rest.append(a)
+    return device, tuple(rest)
 
 
 class _Mode(TorchFunctionMode):
@@ -106,13 +109,9 @@ class _Mode(TorchFunctionMode):
                 return _wrap(_unwrap(args[0]))
             if func is torch.Tensor.cpu:
                 return _unwrap(args[0])
-            target = _target_device(func, args, kwargs)
+            target, rest = _split_to_args(args, kwargs)
             if target is not None:
                 kwargs.pop("device", None)
-                rest = tuple(a for a in args[1:] if not isinstance(a, (str, torch.device, torch.Tensor)))
-                if any(isinstance(a, torch.Tensor) for a in args[1:]):  # .to(tensor): its dtype too
-                    other = next(a for a in args[1:] if isinstance(a, torch.Tensor))
-                    rest = (other.dtype,)
                 moved = _unwrap(args[0]).to("cpu", *rest, **kwargs)
                 return _wrap(moved) if _is_fake(target) else moved
             if isinstance(args[0], OnDevice):  # dtype-only .to keeps the device
