@@ -3,7 +3,8 @@
 Pixel-level baselines from maintained libraries (used by the RDE chapter as they are, and by the
 CXPlain chapter reduced to blocks): :func:`saliency`, :func:`smoothgrad`, :func:`guided_backprop`,
 :func:`deconvolution`, :func:`integrated_gradients`, :func:`input_x_gradient`, :func:`lrp` (captum),
-:func:`deepshap` (shap), :func:`lime_image_map` (lime), and the two references of the RDE code,
+:func:`deepshap` (shap), :func:`lime_image_map` (lime; :func:`lime_tabular_map` for 1-D inputs), and the
+two references of the RDE code,
 :func:`input_map` and :func:`input_plus_random`. Each returns a map shaped like the input and
 explains the logit of the predicted class unless ``target`` is given.
 
@@ -35,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from typing import Iterator, Sequence, Union
+from typing import Callable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -75,6 +76,7 @@ __all__ = [
     "lrp_ready",
     "deepshap",
     "lime_image_map",
+    "lime_tabular_map",
     "input_map",
     "input_plus_random",
 ]
@@ -638,10 +640,11 @@ def lrp_ready(model: nn.Sequential, input_shape: Sequence[int]) -> nn.Module:
     changes the gradient's shape). Every ``Linear`` after the ``Flatten`` becomes the equivalent
     ``Conv2d`` (the first with the kernel size of the flattened feature map, the others 1x1) and the
     flatten moves into ``forward``, outside the modules LRP visits. Same outputs, same parameters.
+    A 1-D feature map (C, L) before the ``Flatten`` (a ``Conv1d`` network) gives ``Conv1d`` layers.
     """
     import copy
 
-    layers, after_flatten, shape = [], False, None
+    layers, after_flatten, shape, spatial = [], False, None, 2
     with torch.no_grad():
         z = torch.zeros(1, *input_shape, dtype=next(model.parameters()).dtype)
         for layer in model:
@@ -649,11 +652,13 @@ def lrp_ready(model: nn.Sequential, input_shape: Sequence[int]) -> nn.Module:
                 if after_flatten:
                     raise ValueError("lrp_ready: more than one Flatten")
                 after_flatten, shape = True, tuple(z.shape[1:])
+                spatial = 1 if len(shape) == 2 else 2
                 continue
             if after_flatten and isinstance(layer, nn.Linear):
-                k = shape[1:] if shape is not None else (1, 1)
+                k = shape[1:] if shape is not None else (1,) * spatial
                 in_ch = shape[0] if shape is not None else layer.in_features
-                conv = nn.Conv2d(in_ch, layer.out_features, k).to(layer.weight.dtype)
+                conv_cls = nn.Conv1d if spatial == 1 else nn.Conv2d
+                conv = conv_cls(in_ch, layer.out_features, k).to(layer.weight.dtype)
                 conv.weight.copy_(layer.weight.view(layer.out_features, in_ch, *k))
                 conv.bias.copy_(layer.bias)
                 layers.append(conv)
@@ -744,14 +749,53 @@ def lime_image_map(
     return out.to(x.dtype)
 
 
+def lime_tabular_map(
+    predict: Callable[[np.ndarray], np.ndarray],
+    x: torch.Tensor,
+    training_data: np.ndarray,
+    label: int = 0,
+    num_samples: int = 5000,
+    num_features: int = 10,
+    top_labels: int | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """LIME for tabular data (``lime.lime_tabular.LimeTabularExplainer``, classification mode) with
+    lime's defaults (quartile discretisation, kernel width 0.75 sqrt(d), ``num_samples`` = 5000
+    perturbations, the ``num_features`` = 10 features of largest weight kept, the others 0), as a map
+    shaped like ``x`` (N, d) or (N, 1, d): the weight of each feature for class ``label``.
+
+    ``predict`` maps strings (M, d) to class scores (M, K) (numpy); ``training_data`` (M, d) gives
+    lime its feature statistics; ``top_labels``: lime's ``top_labels`` (the RDE reference's
+    ``boolean-strings/script_lime.py`` passes 2 and reads class 0). Instance ``i`` has its own explainer
+    seeded with ``seed + i``. Returns float64.
+    """
+    from lime.lime_tabular import LimeTabularExplainer
+
+    flat = torch.as_tensor(x).detach().cpu().double().reshape(len(x), -1).numpy()
+    out = np.zeros_like(flat)
+    for i in range(len(flat)):
+        explainer = LimeTabularExplainer(np.asarray(training_data), mode="classification", random_state=seed + i)
+        exp = explainer.explain_instance(flat[i], predict, labels=(label,), top_labels=top_labels,
+                                         num_features=num_features, num_samples=num_samples)
+        if label not in exp.local_exp:
+            raise RuntimeError(f"LIME did not explain class {label} (not among its top labels)")
+        for feature, weight in exp.local_exp[label]:
+            out[i, feature] = float(weight)
+    return torch.as_tensor(out).view(x.shape)
+
+
 def input_map(x: torch.Tensor) -> torch.Tensor:
     """The input itself as a relevance map (the RDE reference's "Input", iNNvestigate ``input``)."""
     return x.detach().clone()
 
 
-def input_plus_random(x: torch.Tensor, generator: torch.Generator | None = None, scale: float = 2.0) -> torch.Tensor:
+def input_plus_random(x: torch.Tensor, generator: torch.Generator | None = None, scale: float = 2.0,
+                      stddev: float | None = None) -> torch.Tensor:
     """The input plus Gaussian noise of standard deviation ``scale`` x std(x) per image (the RDE
-    reference's "Input + random", iNNvestigate ``random`` with ``stddev = 2 * np.std(x)``)."""
+    reference's "Input + random", iNNvestigate ``random`` with ``stddev = 2 * np.std(x)``), or of the
+    fixed standard deviation ``stddev`` when given (``boolean-strings/script_innvestigate.py``: 0.5)."""
+    if stddev is not None:
+        return x + stddev * torch.randn(x.shape, generator=generator, dtype=x.dtype)
     sd = x.flatten(1).std(1, unbiased=False).view(-1, *([1] * (x.dim() - 1)))
     return x + scale * sd * torch.randn(x.shape, generator=generator, dtype=x.dtype)
 
