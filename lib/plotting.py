@@ -119,3 +119,29 @@ def mask_overlay(ax: Axes, x, mask, title: str = "", color: Sequence[float] = (1
     ax.set_xticks([])
     ax.set_yticks([])
     return ax.figure
+
+
+def relevance_rows(ax: Axes, maps, labels: Sequence[str], bits=None, block=None, title: str = "") -> Figure:
+    """One row per relevance map of a 1-D input (e.g. the RDE boolean strings), each row scaled to its
+    own largest absolute value (red: positive, blue: negative, white: 0); ``bits`` (d,) is drawn as a
+    first row (black = 1) and ``block`` (d,) bool is outlined in green."""
+    m = np.asarray(maps.detach().cpu() if isinstance(maps, torch.Tensor) else maps, dtype=float).reshape(len(labels), -1)
+    scale = np.abs(m).max(1, keepdims=True)
+    m = np.divide(m, scale, out=np.zeros_like(m), where=scale > 0)
+    labels = list(labels)
+    if bits is not None:
+        b = np.asarray(bits.detach().cpu() if isinstance(bits, torch.Tensor) else bits, dtype=float).ravel()
+        m = np.vstack([np.zeros((1, m.shape[1])), m])
+        labels = ["input"] + labels
+    ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
+    if bits is not None:
+        for j in np.flatnonzero(b > 0.5):
+            ax.add_patch(plt.Rectangle((j - 0.5, -0.5), 1, 1, color="black"))
+    if block is not None:
+        idx = np.flatnonzero(np.asarray(block))
+        ax.add_patch(plt.Rectangle((idx.min() - 0.5, -0.5), len(idx), len(m), fill=False, edgecolor="tab:green",
+                                   linewidth=2))
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xticks(range(m.shape[1]), [str(i) for i in range(m.shape[1])], fontsize=6)
+    ax.set_title(title, fontsize=9)
+    return ax.figure
