@@ -4,6 +4,7 @@ measured side by side in one run, on the same classifier weights, instances and 
     .venv/bin/python benchmarks/bench_cem.py [--n 8] [--c-steps 2] [--iterations 100] [--threads 2]
     .venv/bin/python benchmarks/bench_cem.py --layouts [--n 8] [--iterations 100]
     .venv/bin/python benchmarks/bench_cem.py --search-length [--n 10] [--lengths 100 300 1000]
+    .venv/bin/python benchmarks/bench_cem.py --chapter-search [--n 2] [--iterations 100]
 
 Both implementations run a fixed number of FISTA iterations (no early stopping), so the time per
 explanation does not depend on the weights: the models are freshly initialised (seeded) and the
@@ -17,6 +18,13 @@ the chapter's PN and PP search (hinge on logits, gamma 100, 10 values of c) with
 iterations per c, and prints, per length, the mean elastic-net distance of the best explanations,
 their mean number of pixels changed by more than 0.1, and for how many digits the class differs
 from the longest search's: the evidence for not shortening the search in the quick profile.
+
+``--chapter-search`` times the quick profile's search as the CEM chapter runs it (float64; PN and PP
+with the auto-encoder term for the seed digit and ``--n`` digits, PN without it for the ``--n``
+digits; freshly initialised models): the three searches one after another (one batched call each),
+the same as one :func:`lib.cem.cem_explain_many` call split over the cores, in both memory layouts, and
+the limit: the model passes alone that one FISTA iteration needs (CNN and auto-encoder forward and
+backward at y, CNN forward at x) for the same rows, on one core and divided by the number of cores.
 """
 from __future__ import annotations
 
@@ -28,7 +36,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from lib.cem import CEMConfig, cem_explain  # noqa: E402
+from lib.cem import CEMConfig, cem_explain, cem_explain_many  # noqa: E402
 from lib.data import load_mnist  # noqa: E402
 from lib.models.cem_mnist import CEMAutoencoder, CEMClassifier  # noqa: E402
 from lib.reference import alibi_cem as ref  # noqa: E402
@@ -102,6 +110,54 @@ def search_length(args) -> None:
                   f"{max(args.lengths)}-iteration search for {int((r.pred != longest.pred).sum())} digits ({r.seconds:.0f} s)")
 
 
+def chapter_search(args) -> None:
+    """The chapter's three searches: sequential vs cem_explain_many vs the model passes they need."""
+    import copy
+
+    x = (load_mnist(verbose=False).x_test[: args.n + 1] - 0.5).double()
+    cfg = CEMConfig(gamma=100.0, c_steps=1, max_iterations=args.iterations, scores="logits")
+    cfg0 = CEMConfig(**{**cfg.asdict(), "gamma": 0.0})
+    torch.manual_seed(0)
+    cnn0, ae0 = CEMClassifier().eval().double(), CEMAutoencoder().eval().double()
+    n_rows = 2 * len(x) + (len(x) - 1)
+    cores = os.cpu_count() or 1
+    print(f"{len(x)} digits: {n_rows} explanations (PN, PP with gamma 100; PN with gamma 0 for {len(x) - 1}), "
+          f"{args.iterations} FISTA iterations, float64, {cores} CPU cores")
+    print(f"{'layout':13} {'what':34} {'wall ms/expl-iter':>18} {'CPU ms/expl-iter':>17} {'wall / limit':>13}")
+    for name, fmt in (("contiguous", torch.contiguous_format), ("channels-last", torch.channels_last)):
+        cnn, ae = copy.deepcopy(cnn0).to(memory_format=fmt), copy.deepcopy(ae0).to(memory_format=fmt)
+        xx = x.contiguous(memory_format=fmt)
+        searches = [(xx, "PN", cfg), (xx, "PP", cfg), (xx[1:], "PN", cfg0)]
+
+        def limit_pass():
+            with torch.enable_grad():
+                y = torch.cat([xx, xx]).requires_grad_(True)  # the PN and the PP rows with the auto-encoder
+                torch.autograd.grad(cnn(y).sum() + (ae(y) - y).pow(2).sum(), y)
+                y0 = xx[1:].clone().requires_grad_(True)
+                torch.autograd.grad(cnn(y0).sum(), y0)  # the PN rows without it
+            with torch.no_grad():
+                cnn(torch.cat([xx, xx, xx[1:]]))  # the success checks of all rows
+
+        outer = torch.get_num_threads()
+        torch.set_num_threads(1)
+        limit_pass()
+        t0 = time.perf_counter()
+        for _ in range(args.iterations):
+            limit_pass()
+        limit_1 = (time.perf_counter() - t0) / args.iterations / n_rows * 1e3
+        torch.set_num_threads(outer)
+        rows = [("model passes alone, 1 core", limit_1, limit_1), (f"... divided by {cores} cores", limit_1 / cores, limit_1)]
+        for what, run in (("3 calls, one after another", lambda: [cem_explain(cnn, a, m, c, autoencoder=ae) for a, m, c in searches]),
+                          ("cem_explain_many", lambda: cem_explain_many(cnn, searches, autoencoder=ae))):
+            t0, c0 = time.perf_counter(), time.process_time()
+            run()
+            wall = (time.perf_counter() - t0) / args.iterations / n_rows * 1e3
+            cpu = (time.process_time() - c0) / args.iterations / n_rows * 1e3
+            rows.append((what, wall, cpu))
+        for what, wall, cpu in rows:
+            print(f"{name:13} {what:34} {wall:18.2f} {cpu:17.2f} {wall / (limit_1 / cores):12.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=8, help="instances")
@@ -112,12 +168,16 @@ def main() -> None:
     ap.add_argument("--layouts", action="store_true", help="time float32 / channels-last / float64 searches (no alibi)")
     ap.add_argument("--search-length", action="store_true", help="explanations vs iterations per c (chapter's models)")
     ap.add_argument("--lengths", type=int, nargs="+", default=[100, 300, 1000])
+    ap.add_argument("--chapter-search", action="store_true", help="the CEM chapter's three searches: sequential, "
+                    "cem_explain_many, and the model passes they need")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.layouts:
         return layouts(args)
     if args.search_length:
         return search_length(args)
+    if args.chapter_search:
+        return chapter_search(args)
     torch.manual_seed(0)
     cnn, ae = CEMClassifier().eval(), CEMAutoencoder().eval()
     x = load_mnist(verbose=False).x_test[: args.n] - 0.5

@@ -23,7 +23,9 @@ returned solution is, over all iterations and all ``c``, the valid one with the 
 elastic-net distance ``||d||_2^2 + beta * ||d||_1``.
 
 Unlike the reference (one instance per call), everything here is batched over instances: each
-instance has its own ``c`` and its own best solution. On a CPU, pass the models and ``x0`` in
+instance has its own ``c`` and its own best solution, and even its own mode (PN or PP) and auto-encoder
+weight, so that :func:`cem_explain_many` runs several searches (PN and PP of the same digits, with and
+without the auto-encoder) as one batch, split over the CPU's cores. On a CPU, pass the models and ``x0`` in
 ``torch.channels_last`` memory format: max-pooling is then vectorised over channels and a search
 runs faster (same arithmetic up to float rounding; ``benchmarks/bench_cem.py --layouts`` measures
 it).
@@ -39,8 +41,10 @@ classifier as such.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, asdict
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch import nn
@@ -109,30 +113,47 @@ def _scores(model: nn.Module, x: torch.Tensor, kind: str) -> torch.Tensor:
     return out.softmax(dim=1) if kind == "probs" else out
 
 
-def _hinge(scores: torch.Tensor, target: torch.Tensor, kappa: float, mode: Mode) -> torch.Tensor:
+RowModes = torch.Tensor  # bool (B,): True where the row searches a PP, False for a PN
+
+
+def _row_modes(mode: "Mode | RowModes", n: int, device: torch.device) -> RowModes:
+    """Per-row PP flags from one mode for the whole batch or from a bool tensor of flags."""
+    if isinstance(mode, torch.Tensor):
+        if mode.dtype != torch.bool or mode.shape != (n,):
+            raise ValueError(f"per-row modes must be a bool tensor of shape ({n},), got {mode.dtype} {tuple(mode.shape)}")
+        return mode.to(device)
+    if mode not in ("PN", "PP"):
+        raise ValueError(f"mode must be 'PN' or 'PP', got {mode!r}")
+    return torch.full((n,), mode == "PP", dtype=torch.bool, device=device)
+
+
+def _hinge(scores: torch.Tensor, target: torch.Tensor, kappa: float, is_pp: RowModes) -> torch.Tensor:
     """f_kappa of the paper: PN wants another class to win, PP wants ``target`` to win, by kappa."""
     onehot = torch.nn.functional.one_hot(target, scores.shape[1]).to(scores.dtype)
     target_score = (scores * onehot).sum(1)
     other_max = (scores - onehot * 1e4).max(1).values
-    if mode == "PN":
-        return torch.clamp(target_score - other_max + kappa, min=0.0)
-    return torch.clamp(other_max - target_score + kappa, min=0.0)
+    pn = torch.clamp(target_score - other_max + kappa, min=0.0)
+    pp = torch.clamp(other_max - target_score + kappa, min=0.0)
+    return torch.where(is_pp, pp, pn)
 
 
-def _success(scores: torch.Tensor, target: torch.Tensor, kappa: float, mode: Mode) -> tuple[torch.Tensor, torch.Tensor]:
+def _success(scores: torch.Tensor, target: torch.Tensor, kappa: float, is_pp: RowModes) -> tuple[torch.Tensor, torch.Tensor]:
     """Whether the explanation is valid (the reference's ``compare``) and its predicted class."""
     onehot = torch.nn.functional.one_hot(target, scores.shape[1]).to(scores.dtype)
-    adjusted = scores + (kappa if mode == "PN" else -kappa) * onehot
+    sign = torch.where(is_pp, -1.0, 1.0).to(scores.dtype).unsqueeze(1)
+    adjusted = scores + (kappa * sign) * onehot
     cls = adjusted.argmax(1)
-    ok = cls != target if mode == "PN" else cls == target
+    ok = torch.where(is_pp, cls == target, cls != target)
     return ok, scores.argmax(1)
 
 
-def _project(x: torch.Tensor, x0: torch.Tensor, no_info: torch.Tensor, mode: Mode) -> torch.Tensor:
-    """Keep a coordinate's move only on the allowed side of ``no_info`` (PN away, PP towards)."""
-    farther = (x - no_info).abs() > (x0 - no_info).abs()
-    keep = farther if mode == "PN" else ~farther
-    return torch.where(keep, x, x0)
+def _project(x: torch.Tensor, x0: torch.Tensor, no_info: torch.Tensor, is_pp_b: torch.Tensor,
+             x0_gap: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep a coordinate's move only on the allowed side of ``no_info`` (PN away, PP towards);
+    ``is_pp_b`` is the per-row PP flag broadcast to x's shape, ``x0_gap`` optionally the constant
+    ``|x0 - no_info|``."""
+    farther = (x - no_info).abs() > ((x0 - no_info).abs() if x0_gap is None else x0_gap)
+    return torch.where(farther ^ is_pp_b, x, x0)
 
 
 def _shrink(y: torch.Tensor, x0: torch.Tensor, beta: float, lo: float, hi: float) -> torch.Tensor:
@@ -148,9 +169,10 @@ def fista_path(
     x0: torch.Tensor,
     target: torch.Tensor,
     c: torch.Tensor,
-    mode: Mode,
+    mode: "Mode | RowModes",
     config: CEMConfig,
     autoencoder: nn.Module | None = None,
+    gamma: torch.Tensor | None = None,
 ):
     """The FISTA iterates ``(x_k, y_k)`` for one value of ``c`` (per instance), k = 1..max_iterations.
 
@@ -160,16 +182,34 @@ def fista_path(
     learning rate lr_init * (1 - k / max_iterations)^0.5, then shrinkage-thresholding at beta,
     projection, and the momentum step y = x_k + k/(k+3) * (x_k - x_{k-1}) (the reference's
     step counter starts at 1), projected again.
+
+    ``mode`` is 'PN' or 'PP' for the whole batch, or a bool tensor (B,) that is True for the rows
+    searching a PP. ``gamma`` optionally gives each row its own auto-encoder weight (default:
+    ``config.gamma`` for every row); rows with weight 0 skip the auto-encoder.
     """
     lo, hi = config.feature_range
     no_info = torch.full_like(x0, config.no_info_val)
+    x0_gap = (x0 - no_info).abs()
+    B = x0.shape[0]
+    is_pp = _row_modes(mode, B, x0.device)
+    is_pp_b = is_pp.view(-1, *[1] * (x0.ndim - 1))
+    all_pp, no_pp = bool(is_pp.all()), not bool(is_pp.any())
+    if gamma is None:
+        gamma = x0.new_full((B,), float(config.gamma))
+    ae_rows = (gamma > 0).nonzero().squeeze(1)
+    uniform_gamma = bool((gamma == gamma[0]).all()) and len(ae_rows) == B
+    if len(ae_rows) and autoencoder is None:
+        raise ValueError("an auto-encoder weight gamma > 0 needs an autoencoder")
 
     def smooth_loss(y: torch.Tensor) -> torch.Tensor:
         d = x0 - y
-        z = d if mode == "PP" else y
-        loss = (c * _hinge(_scores(model, z, config.scores), target, config.kappa, mode)).sum() + d.pow(2).sum()
-        if config.gamma > 0:
-            loss = loss + config.gamma * (autoencoder(z) - z).pow(2).sum()
+        z = d if all_pp else y if no_pp else torch.where(is_pp_b, d, y)
+        loss = (c * _hinge(_scores(model, z, config.scores), target, config.kappa, is_pp)).sum() + d.pow(2).sum()
+        if uniform_gamma:  # every row with the same weight (one search): the original single-mode sum
+            loss = loss + float(gamma[0]) * (autoencoder(z) - z).pow(2).sum()
+        elif len(ae_rows):
+            za = z[ae_rows]
+            loss = loss + (gamma[ae_rows] * (autoencoder(za) - za).pow(2).flatten(1).sum(1)).sum()
         return loss
 
     x = x0.clone()
@@ -180,11 +220,68 @@ def fista_path(
         lr = config.lr_init * (1.0 - k / config.max_iterations) ** 0.5
         with torch.no_grad():
             y = y - lr * grad.clamp(*config.clip)
-            x_new = _project(_shrink(y, x0, config.beta, lo, hi), x0, no_info, mode)
+            x_new = _project(_shrink(y, x0, config.beta, lo, hi), x0, no_info, is_pp_b, x0_gap)
             zt = (k + 1) / (k + 4)
-            y = _project(x_new + zt * (x_new - x), x0, no_info, mode)
+            y = _project(x_new + zt * (x_new - x), x0, no_info, is_pp_b, x0_gap)
             x = x_new
         yield x, y
+
+
+def _search(
+    model: nn.Module,
+    x0: torch.Tensor,
+    is_pp: RowModes,
+    gamma: torch.Tensor,
+    config: CEMConfig,
+    autoencoder: nn.Module | None,
+    target: torch.Tensor,
+    progress: Callable | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The outer search over c around :func:`fista_path`, rows with their own mode and gamma.
+    Returns (best explanation, best distance, class of the best, final c) per row."""
+    B = x0.shape[0]
+    ax = tuple(range(1, x0.ndim))
+    is_pp_b = is_pp.view(-1, *[1] * (x0.ndim - 1))
+    # bookkeeping on x0's device (float32 for c, as the reference), so a GPU run never mixes devices
+    c = x0.new_full((B,), float(config.c_init), dtype=torch.float32)
+    c_lb = x0.new_zeros(B, dtype=torch.float32)
+    c_ub = x0.new_full((B,), 1e10, dtype=torch.float32)
+    best_dist = x0.new_full((B,), float("inf"))  # x0's dtype, as the distances it is compared with
+    best = torch.zeros_like(x0)
+    best_pred = x0.new_full((B,), -1, dtype=torch.long)
+
+    steps = range(config.c_steps)
+    for _ in progress(steps) if progress else steps:
+        step_best_dist = x0.new_full((B,), float("inf"))
+        step_found = x0.new_zeros(B, dtype=torch.bool)
+        for x, _y in fista_path(model, x0, target, c, is_pp, config, autoencoder, gamma):
+            d = x0 - x
+            expl = torch.where(is_pp_b, d, x)  # what the classifier sees: d for a PP, x for a PN
+            with torch.no_grad():
+                ok, pred = _success(_scores(model, expl, config.scores), target, config.kappa, is_pp)
+            dist = d.pow(2).sum(ax) + config.beta * d.abs().sum(ax)
+            better_step = ok & (dist < step_best_dist)
+            step_best_dist = torch.where(better_step, dist, step_best_dist)
+            step_found |= better_step
+            better = ok & (dist < best_dist)
+            if better.any():
+                best_dist = torch.where(better, dist, best_dist)
+                best[better] = expl[better]
+                best_pred = torch.where(better, pred, best_pred)
+        # outer search over c (the reference's bisection / x10 rule)
+        c_ub = torch.where(step_found, torch.minimum(c_ub, c), c_ub)
+        c_lb = torch.where(step_found, c_lb, torch.maximum(c_lb, c))
+        bounded = c_ub < 1e9
+        c = torch.where(bounded, (c_lb + c_ub) / 2, torch.where(step_found, c, c * 10))
+    return best, best_dist, best_pred, c
+
+
+def _check_inputs(model: nn.Module, x0: torch.Tensor, config: CEMConfig, autoencoder: nn.Module | None) -> None:
+    lo, hi = config.feature_range
+    if x0.min() < lo - 1e-6 or x0.max() > hi + 1e-6:
+        raise ValueError(f"x0 has values in [{x0.min():.3f}, {x0.max():.3f}], outside feature_range {config.feature_range}")
+    if model.training or (autoencoder is not None and autoencoder.training):
+        raise ValueError("put the classifier (and auto-encoder) in eval mode before explaining")
 
 
 def cem_explain(
@@ -214,52 +311,106 @@ def cem_explain(
         raise ValueError(f"mode must be 'PN' or 'PP', got {mode!r}")
     if config.gamma > 0 and autoencoder is None:
         raise ValueError("config.gamma > 0 needs an autoencoder")
-    lo, hi = config.feature_range
-    if x0.min() < lo - 1e-6 or x0.max() > hi + 1e-6:
-        raise ValueError(f"x0 has values in [{x0.min():.3f}, {x0.max():.3f}], outside feature_range {config.feature_range}")
-    if model.training or (autoencoder is not None and autoencoder.training):
-        raise ValueError("put the classifier (and auto-encoder) in eval mode before explaining")
-
+    _check_inputs(model, x0, config, autoencoder)
     x0 = x0.detach()
     B = x0.shape[0]
-    ax = tuple(range(1, x0.ndim))
     with torch.no_grad():
         orig_scores = _scores(model, x0, config.scores)
     target = orig_scores.argmax(1) if target is None else target.to(torch.long)
-
-    # bookkeeping on x0's device (float32 for c, as the reference), so a GPU run never mixes devices
-    c = x0.new_full((B,), float(config.c_init), dtype=torch.float32)
-    c_lb = x0.new_zeros(B, dtype=torch.float32)
-    c_ub = x0.new_full((B,), 1e10, dtype=torch.float32)
-    best_dist = x0.new_full((B,), float("inf"), dtype=torch.float32)
-    best = torch.zeros_like(x0)
-    best_pred = x0.new_full((B,), -1, dtype=torch.long)
-
-    steps = range(config.c_steps)
-    for _ in progress(steps) if progress else steps:
-        step_best_dist = x0.new_full((B,), float("inf"), dtype=torch.float32)
-        step_found = x0.new_zeros(B, dtype=torch.bool)
-        for x, _y in fista_path(model, x0, target, c, mode, config, autoencoder):
-            d = x0 - x
-            with torch.no_grad():
-                ok, pred = _success(_scores(model, d if mode == "PP" else x, config.scores), target, config.kappa, mode)
-            dist = d.pow(2).sum(ax) + config.beta * d.abs().sum(ax)
-            better_step = ok & (dist < step_best_dist)
-            step_best_dist = torch.where(better_step, dist, step_best_dist)
-            step_found |= better_step
-            better = ok & (dist < best_dist)
-            if better.any():
-                best_dist = torch.where(better, dist, best_dist)
-                best[better] = (d if mode == "PP" else x)[better]
-                best_pred = torch.where(better, pred, best_pred)
-        # outer search over c (the reference's bisection / x10 rule)
-        c_ub = torch.where(step_found, torch.minimum(c_ub, c), c_ub)
-        c_lb = torch.where(step_found, c_lb, torch.maximum(c_lb, c))
-        bounded = c_ub < 1e9
-        c = torch.where(bounded, (c_lb + c_ub) / 2, torch.where(step_found, c, c * 10))
-
+    is_pp = _row_modes(mode, B, x0.device)
+    gamma = x0.new_full((B,), float(config.gamma))
+    best, best_dist, best_pred, c = _search(model, x0, is_pp, gamma, config, autoencoder, target, progress)
     found = torch.isfinite(best_dist)
     return CEMResult(mode=mode, explanation=best, found=found, pred=best_pred, orig_pred=target, distance=best_dist, c_final=c)
+
+
+def cem_explain_many(
+    model: nn.Module,
+    searches: Sequence[tuple[torch.Tensor, Mode, CEMConfig]],
+    autoencoder: nn.Module | None = None,
+    workers: int | None = None,
+    progress: Callable | None = None,
+) -> list[CEMResult]:
+    """Several CEM searches at once, e.g. PN and PP of the same digits and PN without the auto-encoder.
+
+    Each search is ``(x0, mode, config)``; the configs may differ only in ``gamma``. All rows run as
+    one search in which every row keeps its own mode, gamma, c and best solution, so the result of a
+    row does not depend on the other rows (up to float rounding). On a CPU the rows are split into
+    ``workers`` chunks of about equal cost (a row with the auto-encoder term costs about twice one
+    without), each searched in its own thread with single-threaded kernels: at the small batches of a
+    CEM search torch's kernels use one core, so this is what uses the others. Default ``workers``:
+    the number of CPU cores (at most one per row); on another device one chunk.
+
+    Returns one :class:`CEMResult` per search, in order.
+    """
+    if not searches:
+        return []
+    base = searches[0][2]
+    for x0, mode, cfg in searches:
+        if mode not in ("PN", "PP"):
+            raise ValueError(f"mode must be 'PN' or 'PP', got {mode!r}")
+        if {**cfg.asdict(), "gamma": 0.0} != {**base.asdict(), "gamma": 0.0}:
+            raise ValueError("cem_explain_many: the searches' configs may differ only in gamma")
+        if cfg.gamma > 0 and autoencoder is None:
+            raise ValueError("config.gamma > 0 needs an autoencoder")
+        _check_inputs(model, x0, cfg, autoencoder)
+    x_all = torch.cat([x0.detach() for x0, _, _ in searches])
+    sizes = [len(x0) for x0, _, _ in searches]
+    is_pp = torch.cat([torch.full((n,), m == "PP", dtype=torch.bool) for n, (_, m, _) in zip(sizes, searches)]).to(x_all.device)
+    gamma = torch.cat([torch.full((n,), float(cfg.gamma), dtype=x_all.dtype) for n, (_, _, cfg) in zip(sizes, searches)]).to(x_all.device)
+    with torch.no_grad():
+        target = _scores(model, x_all, base.scores).argmax(1)
+
+    n = len(x_all)
+    if workers is None:
+        workers = (os.cpu_count() or 1) if x_all.device.type == "cpu" else 1
+    workers = max(1, min(int(workers), n))
+    # balance the chunks by cost: a row with the auto-encoder term ~2, one without ~1 (measured:
+    # benchmarks/bench_cem.py); rows of one chunk stay in their original order
+    cost = (1.0 + (gamma > 0).double()).cpu()
+    load = [0.0] * workers
+    chunk_of = torch.empty(n, dtype=torch.long)
+    for i in sorted(range(n), key=lambda i: -float(cost[i])):
+        w = min(range(workers), key=lambda w: load[w])
+        chunk_of[i] = w
+        load[w] += float(cost[i])
+    chunks = [(chunk_of == w).nonzero().squeeze(1) for w in range(workers)]
+    chunks = [ix for ix in chunks if len(ix)]
+
+    def run(ix: torch.Tensor, show: bool):
+        dev_ix = ix.to(x_all.device)
+        return _search(model, x_all[dev_ix], is_pp[dev_ix], gamma[dev_ix], base, autoencoder, target[dev_ix],
+                       progress if show else None)
+
+    if len(chunks) == 1:
+        parts = [run(chunks[0], True)]
+    else:
+        outer = torch.get_num_threads()
+
+        def in_thread(args):
+            torch.set_num_threads(1)  # one core per chunk (the thread's own OpenMP setting)
+            return run(*args)
+
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(len(chunks)) as pool:
+                parts = list(pool.map(in_thread, [(ix, k == 0) for k, ix in enumerate(chunks)]))
+        finally:
+            torch.set_num_threads(outer)
+    best = torch.zeros_like(x_all)
+    best_dist = x_all.new_empty(n, dtype=parts[0][1].dtype)
+    best_pred = x_all.new_empty(n, dtype=torch.long)
+    c_final = x_all.new_empty(n, dtype=parts[0][3].dtype)
+    for ix, (b, dist, pred, c) in zip(chunks, parts):
+        dev_ix = ix.to(x_all.device)
+        best[dev_ix], best_dist[dev_ix], best_pred[dev_ix], c_final[dev_ix] = b, dist, pred, c
+    results, start = [], 0
+    for size, (_, mode, _) in zip(sizes, searches):
+        sl = slice(start, start + size)
+        results.append(CEMResult(mode=mode, explanation=best[sl], found=torch.isfinite(best_dist[sl]), pred=best_pred[sl],
+                                 orig_pred=target[sl], distance=best_dist[sl], c_final=c_final[sl]))
+        start += size
+    return results
 
 
 def changed_part(x0: torch.Tensor, result: CEMResult) -> torch.Tensor:

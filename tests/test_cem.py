@@ -1,10 +1,12 @@
 """lib.cem: the invariants of pertinent negatives and positives, on a small model trained on real digits."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.cem import CEMConfig, CEMResult, _shrink, cem_explain, changed_part, fista_path, is_empty, reconstruction_error, sparsity
+from lib.cem import CEMConfig, CEMResult, _shrink, cem_explain, cem_explain_many, changed_part, fista_path, is_empty, reconstruction_error, sparsity
 from lib.data import load_mnist
 from lib.train import fit
 
@@ -86,6 +88,39 @@ def test_batch_rows_are_independent(setup):
     alone = cem_explain(model, x0[2:3], "PN", cfg)
     assert torch.allclose(batch.explanation[2:3], alone.explanation, atol=1e-5)
     assert torch.equal(batch.c_final[2:3], alone.c_final)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_many_searches_in_one_batch_equal_separate_searches(setup, workers):
+    """PN and PP with the auto-encoder and PN without it, run as one mixed batch (split over threads),
+    give each search's own answer: rows keep their own mode, gamma, c and best solution."""
+    model, ae, x0 = setup
+    model64, ae64, x64 = copy.deepcopy(model).double(), copy.deepcopy(ae).double(), x0[:3].double()
+    cfg = CEMConfig(c_steps=5, max_iterations=30, gamma=1.0)
+    cfg0 = CEMConfig(**{**cfg.asdict(), "gamma": 0.0})
+    alone = [cem_explain(model64, x64, "PN", cfg, autoencoder=ae64), cem_explain(model64, x64, "PP", cfg, autoencoder=ae64),
+             cem_explain(model64, x64[1:], "PN", cfg0)]
+    together = cem_explain_many(model64, [(x64, "PN", cfg), (x64, "PP", cfg), (x64[1:], "PN", cfg0)], autoencoder=ae64,
+                                workers=workers)
+    assert [r.mode for r in together] == ["PN", "PP", "PN"]
+    for a, b in zip(alone, together):
+        assert torch.equal(a.found, b.found) and torch.equal(a.pred, b.pred) and torch.equal(a.c_final, b.c_final)
+        assert torch.equal(a.orig_pred, b.orig_pred)
+        assert torch.allclose(a.explanation, b.explanation, atol=1e-10, rtol=0)
+        assert torch.allclose(a.distance, b.distance, atol=1e-10, rtol=0)
+    assert together[0].found.any() and together[1].found.any() and together[2].found.any()  # not a vacuous comparison
+
+
+def test_many_searches_refuse_configs_that_differ_beyond_gamma(setup):
+    model, ae, x0 = setup
+    cfg = CEMConfig(c_steps=1, max_iterations=2)
+    with pytest.raises(ValueError, match="differ only in gamma"):
+        cem_explain_many(model, [(x0, "PN", cfg), (x0, "PP", CEMConfig(**{**cfg.asdict(), "beta": 0.2}))])
+    with pytest.raises(ValueError, match="needs an autoencoder"):
+        cem_explain_many(model, [(x0, "PN", CEMConfig(**{**cfg.asdict(), "gamma": 1.0}))])
+    with pytest.raises(ValueError, match="mode must be"):
+        cem_explain_many(model, [(x0, "XX", cfg)])
+    assert cem_explain_many(model, []) == []
 
 
 def test_autoencoder_term_pulls_towards_reconstructions(setup):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fake_device import DeviceMismatch, OnDevice, fake_accelerator
-from lib.cem import CEMConfig, cem_explain, sparsity
+from lib.cem import CEMConfig, cem_explain, cem_explain_many, sparsity
 from lib.models.cem_mnist import CEMAutoencoder, CEMClassifier
 from lib.train import fit, predict
 
@@ -57,6 +57,22 @@ def test_cem_search_runs_on_the_device_with_the_cpu_numbers(mode):
     assert torch.equal(res.explanation, on_cpu.explanation)
     assert torch.equal(res.found, on_cpu.found) and torch.equal(res.pred, on_cpu.pred)
     assert torch.equal(l0.nan_to_num(-1), sparsity(x, on_cpu)["L0"].nan_to_num(-1))
+
+
+def test_cem_many_searches_run_on_the_device_with_the_cpu_numbers():
+    cnn, ae = _cem_models()
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1), dtype=torch.float64) - 0.5
+    cfg = CEMConfig(gamma=100.0, c_steps=2, max_iterations=5, scores="logits")
+    cfg0 = CEMConfig(**{**cfg.asdict(), "gamma": 0.0})
+    searches = [(x, "PN", cfg), (x, "PP", cfg), (x[1:], "PN", cfg0)]
+    on_cpu = cem_explain_many(cnn, searches, autoencoder=ae, workers=1)
+    with fake_accelerator() as dev:
+        res = cem_explain_many(cnn.to(dev), [(xx.to(dev), m, c) for xx, m, c in searches], autoencoder=ae.to(dev))
+        assert all(r.explanation.device.type == "cuda" and r.found.device.type == "cuda" for r in res)
+        res = [r.cpu() for r in res]
+    for a, b in zip(res, on_cpu):
+        assert not isinstance(a.explanation, OnDevice)
+        assert torch.equal(a.explanation, b.explanation) and torch.equal(a.pred, b.pred)
 
 
 def test_fit_and_predict_follow_the_device():
