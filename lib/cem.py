@@ -41,13 +41,13 @@ classifier as such.
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, asdict
 from typing import Callable, Literal, Sequence
 
 import torch
 from torch import nn
+
+from lib.parallel import balanced_chunks, default_workers, map_on_cores
 
 Mode = Literal["PN", "PP"]
 
@@ -362,41 +362,19 @@ def cem_explain_many(
         target = _scores(model, x_all, base.scores).argmax(1)
 
     n = len(x_all)
-    if workers is None:
-        workers = (os.cpu_count() or 1) if x_all.device.type == "cpu" else 1
-    workers = max(1, min(int(workers), n))
+    workers = default_workers(x_all.device) if workers is None else int(workers)
     # balance the chunks by cost: a row with the auto-encoder term ~2, one without ~1 (measured:
     # benchmarks/bench_cem.py); rows of one chunk stay in their original order
-    cost = (1.0 + (gamma > 0).double()).cpu()
-    load = [0.0] * workers
-    chunk_of = torch.empty(n, dtype=torch.long)
-    for i in sorted(range(n), key=lambda i: -float(cost[i])):
-        w = min(range(workers), key=lambda w: load[w])
-        chunk_of[i] = w
-        load[w] += float(cost[i])
-    chunks = [(chunk_of == w).nonzero().squeeze(1) for w in range(workers)]
-    chunks = [ix for ix in chunks if len(ix)]
+    cost = (1.0 + (gamma > 0).double()).cpu().tolist()
+    chunks = [torch.tensor(ix, dtype=torch.long) for ix in balanced_chunks(cost, max(1, min(workers, n)))]
 
-    def run(ix: torch.Tensor, show: bool):
+    def run(job: tuple[int, torch.Tensor]):
+        k, ix = job
         dev_ix = ix.to(x_all.device)
         return _search(model, x_all[dev_ix], is_pp[dev_ix], gamma[dev_ix], base, autoencoder, target[dev_ix],
-                       progress if show else None)
+                       progress if k == 0 else None)
 
-    if len(chunks) == 1:
-        parts = [run(chunks[0], True)]
-    else:
-        outer = torch.get_num_threads()
-
-        def in_thread(args):
-            torch.set_num_threads(1)  # one core per chunk (the thread's own OpenMP setting)
-            return run(*args)
-
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(len(chunks)) as pool:
-                parts = list(pool.map(in_thread, [(ix, k == 0) for k, ix in enumerate(chunks)]))
-        finally:
-            torch.set_num_threads(outer)
+    parts = map_on_cores(run, list(enumerate(chunks)), workers=len(chunks))
     best = torch.zeros_like(x_all)
     best_dist = x_all.new_empty(n, dtype=parts[0][1].dtype)
     best_pred = x_all.new_empty(n, dtype=torch.long)
