@@ -483,41 +483,51 @@ class _Lockstep:
     wakes them. So each minimisation sees the values it would see alone (up to the batched kernels'
     rounding), one batched forward/backward pass replaces one pass per instance, and all torch work
     happens in the caller's thread (with its grad mode, torch function modes and thread settings).
+    Each worker waits on its own event, so a batch wakes each worker once.
     """
 
     def __init__(self, n: int):
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)  # the caller waits here for a full batch
+        self._events = [threading.Event() for _ in range(n)]
         self._pending: dict[int, np.ndarray] = {}
         self._results: dict[int, tuple[float, np.ndarray]] = {}
         self._alive = n
         self._error: BaseException | None = None
         self.batches = 0
 
+    def _batch_full(self) -> bool:  # with the lock held
+        return self._alive == 0 or (bool(self._pending) and len(self._pending) >= self._alive)
+
     def request(self, i: int, s: np.ndarray) -> tuple[float, np.ndarray]:
         """Worker ``i``: the objective and gradient at ``s`` (blocks until the batch is evaluated)."""
-        with self._cond:
+        event = self._events[i]
+        with self._lock:
             if self._error is None:
+                event.clear()
                 self._pending[i] = np.array(s, dtype=np.float64)
-                self._cond.notify_all()
-            while i not in self._results and self._error is None:
-                self._cond.wait()
+                if self._batch_full():
+                    self._ready.notify()
+        event.wait()
+        with self._lock:
             if self._error is not None:
                 raise RuntimeError("the batched RDE objective failed") from self._error
             return self._results.pop(i)
 
     def finished(self) -> None:
         """Worker: its minimisation has ended (normally or not)."""
-        with self._cond:
+        with self._lock:
             self._alive -= 1
-            self._cond.notify_all()
+            if self._batch_full():
+                self._ready.notify()
 
     def serve(self, evaluate: Callable[[list[int], np.ndarray], tuple[np.ndarray, np.ndarray]]) -> BaseException | None:
         """Caller's thread: evaluate the waiting workers' points until every worker has finished.
         Returns the exception ``evaluate`` raised (the workers are told and stop), or None."""
         while True:
-            with self._cond:
-                while self._alive > 0 and (self._error is not None or len(self._pending) < self._alive):
-                    self._cond.wait()
+            with self._lock:
+                while not self._batch_full():
+                    self._ready.wait()
                 if self._alive == 0:
                     return self._error
                 rows = sorted(self._pending)
@@ -527,14 +537,16 @@ class _Lockstep:
                 f, g = evaluate(rows, points)
                 out = {r: (float(f[k]), np.array(g[k], dtype=np.float64)) for k, r in enumerate(rows)}
             except BaseException as err:  # handed to every waiting worker
-                with self._cond:
+                with self._lock:
                     self._error = err
-                    self._cond.notify_all()
+                for e in self._events:
+                    e.set()
                 continue
-            with self._cond:
+            with self._lock:
                 self._results.update(out)
                 self.batches += 1
-                self._cond.notify_all()
+            for r in rows:
+                self._events[r].set()
 
 
 def _lbfgsb_objective(model: nn.Sequential, x: torch.Tensor, noise: NoiseModel, mu, mode: str,
