@@ -299,6 +299,7 @@ class ClaimLog:
         paper: Any = None,
         source: str = "",
         requires_full: bool = False,
+        below_scale: str | None = None,
         verbose: bool = True,
     ) -> Claim:
         """Record one claim; the verdict is computed by ``rule`` from ``ours`` (see the module docstring).
@@ -307,6 +308,9 @@ class ClaimLog:
         section/figure, or a repository file with its commit. ``requires_full``: the claim is about
         paper-scale training or data, so a quick run or a run on the committed sample is reported as
         "not testable here" (our value and what the verdict would be are still shown).
+        ``below_scale``: with ``requires_full``, why this run's own settings are below the paper's scale
+        for this claim although it is a full-profile run on the full data (e.g. an explainer trained
+        for fewer steps than the reference to fit a CPU); such a run is "not testable here" too.
         """
         if any(c.id == id for c in self.claims):
             raise ValueError(f"claim id {id!r} recorded twice")
@@ -320,11 +324,14 @@ class ClaimLog:
             verdict, detail = NOT_TESTABLE, "no measurement in this run"
         else:
             verdict, detail = rule.judge(ours, paper)
-            if requires_full and not self.full_scale and verdict != NOT_TESTABLE:
+            if requires_full and verdict != NOT_TESTABLE and not self.full_scale:
                 detail = (
                     f"{detail}; would be '{verdict}', but the claim is about paper scale and this run is "
                     f"profile={self.profile} on {'the full data' if self.full_data else 'the committed data sample'}"
                 )
+                verdict = NOT_TESTABLE
+            elif requires_full and verdict != NOT_TESTABLE and below_scale:
+                detail = f"{detail}; would be '{verdict}', but the claim is about paper scale and {below_scale}"
                 verdict = NOT_TESTABLE
         c = Claim(id, statement, _plain(ours), _plain(paper), source, rule.describe(), getattr(rule, "why", ""),
                   verdict, detail, requires_full)

@@ -87,6 +87,12 @@ def test_paper_scale_claims_are_not_testable_on_quick_runs_or_samples():
     assert c.verdict == REPRODUCED
 
 
+def test_a_full_data_run_below_the_papers_scale_is_not_testable_with_its_reason():
+    c = log("full", False).claim("I", "s", 0.99, paper=0.99, source="p", rule=Within(0.01), requires_full=True,
+                                 below_scale="the explainer trained 200 of the reference's 8,000 steps", verbose=False)
+    assert c.verdict == NOT_TESTABLE and "would be 'reproduced'" in c.detail and "200 of the reference's" in c.detail
+
+
 def test_sources_are_required_and_never_an_issue_and_ids_are_unique():
     lg = log()
     with pytest.raises(ValueError, match="source"):
