@@ -74,6 +74,12 @@ __all__ = [
     "input_x_gradient",
     "lrp",
     "lrp_ready",
+    "LRP_RULES",
+    "ZRule",
+    "GradientRule",
+    "AlphaBetaRule",
+    "FlatRule",
+    "BoundedRule",
     "deepshap",
     "lime_image_map",
     "lime_tabular_map",
@@ -622,6 +628,200 @@ def input_x_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor | i
         return InputXGradient(model).attribute(x.clone().requires_grad_(True), target=targets).detach()
 
 
+# --------------------------------------------------------------------------------------------
+# LRP: captum propagation rules for iNNvestigate's presets, and the wrapper
+# --------------------------------------------------------------------------------------------
+# The rules below follow iNNvestigate 1.0.8, the version the RDE reference pins (jmaces/rde @ d71169d,
+# README "innvestigate (v1.0.8)"; albermax/innvestigate @ e76ec2d, tag 1.0.8):
+# innvestigate/analyzer/relevance_based/relevance_rule.py (the rules),
+# innvestigate/analyzer/relevance_based/relevance_analyzer.py (the LRP presets, the pooling rule) and
+# innvestigate/analyzer/deeptaylor.py (bounded Deep Taylor). captum's LRP calls each layer's rule
+# on the layer's input x and its output relevance R and passes relevance unchanged through ReLU
+# modules, as iNNvestigate does for a Keras layer with a built-in ReLU activation.
+from captum.attr._utils.lrp_rules import PropagationRule  # noqa: E402  (captum is needed by every rule class)
+
+SAFE_DIVIDE_FACTOR = 1e-7  # iNNvestigate's SafeDivide: a / (b + [b == 0] * keras.backend.epsilon())
+
+
+def _safe_divide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a / (b + (b == 0).to(b.dtype) * SAFE_DIVIDE_FACTOR)
+
+
+_KERNEL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_POOLING_AVG = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+_POOLING_MAX = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+
+
+def _kernel_call(module: nn.Module, x: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The layer's linear map with the given weight and bias (not ``module(x)``, which would run LRP's hooks)."""
+    if isinstance(module, nn.Linear):
+        return torch.nn.functional.linear(x, weight, bias)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return module._conv_forward(x, weight, bias)
+    raise TypeError(f"no kernel rule for {type(module).__name__} (Linear and Conv1d/2d/3d only)")
+
+
+def _kernel_transpose(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Wᵀs: the bias-free linear map with ``weight``, transposed and applied to ``s`` (its gradient at any point)."""
+    with torch.enable_grad():
+        t = torch.zeros_like(x, requires_grad=True)
+        (g,) = torch.autograd.grad(_kernel_call(module, t, weight), t, s)
+    return g
+
+
+class ZRule(PropagationRule):
+    """LRP-0 (iNNvestigate ``ZRule``; its ``AveragePoolingReverseLayer`` on average pooling):
+    R_i = x_i Σ_j w_ij R_j / z_j with z_j the layer's output (bias included), divided safely
+    (z_j + 1e-7 where z_j = 0 exactly, iNNvestigate's ``SafeDivide``). Conserves relevance
+    where the layer has no bias (average pooling has none)."""
+
+    def _manipulate_weights(self, module, inputs, outputs) -> None:
+        pass
+
+    def _create_backward_hook_output(self, outputs: torch.Tensor):
+        def _backward_hook_output(grad):
+            self.relevance_output[grad.device] = grad.data
+            return _safe_divide(grad, outputs)
+
+        return _backward_hook_output
+
+
+class GradientRule(PropagationRule):
+    """The gradient mapping, R_in = Jᵀ R_out (iNNvestigate's ``_gradient_reverse_mapping``, which bounded
+    Deep Taylor uses on pooling layers and every LRP analyzer on max pooling): for 2x2 average pooling
+    each input gets a quarter of its output's relevance, whatever its value. Conserves relevance
+    where every input reaches an output (average pooling of a size the pool divides)."""
+
+    def _manipulate_weights(self, module, inputs, outputs) -> None:
+        pass
+
+    def _create_backward_hook_output(self, outputs: torch.Tensor):
+        def _backward_hook_output(grad):
+            self.relevance_output[grad.device] = grad.data
+            return grad
+
+        return _backward_hook_output
+
+    def _create_backward_hook_input(self, inputs: torch.Tensor):
+        def _backward_hook_input(grad):
+            self.relevance_input[grad.device] = grad.data
+            return grad  # unchanged: no multiplication by the input
+
+        return _backward_hook_input
+
+
+class _DirectRule(PropagationRule):
+    """Base of the rules that compute a layer's input relevance themselves from its input x, its
+    (unmodified) parameters and its output relevance R (:meth:`propagate`), for rules that are not
+    "modify the weights, divide by the output, multiply by the input", which is all captum's
+    propagation can express. The backward pass through the layer still runs; its result is replaced
+    by :meth:`propagate`'s. Layers with one input only."""
+
+    def _manipulate_weights(self, module, inputs, outputs) -> None:
+        pass
+
+    def forward_hook(self, module, inputs, outputs):
+        inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+        if len(inputs) != 1:
+            raise ValueError(f"{type(self).__name__} handles layers with one input only")
+        self._module, self._x = module, inputs[0].data
+        return super().forward_hook(module, inputs, outputs)
+
+    def _create_backward_hook_output(self, outputs: torch.Tensor):
+        def _backward_hook_output(grad):
+            self.relevance_output[grad.device] = grad.data
+            self._relevance_in = self.propagate(self._module, self._x, grad.data)
+            return grad
+
+        return _backward_hook_output
+
+    def _create_backward_hook_input(self, inputs: torch.Tensor):
+        def _backward_hook_input(grad):
+            r = self._relevance_in
+            self.relevance_input[grad.device] = r
+            grad.replace_out = r
+            return r
+
+        return _backward_hook_input
+
+    def propagate(self, module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class AlphaBetaRule(_DirectRule):
+    """LRP-αβ as iNNvestigate's ``AlphaBetaRule`` (relevance_rule.py @ 1.0.8, unchanged in 2.1.2):
+    with x⁺ = max(x, 0), x⁻ = min(x, 0), W⁺ = max(W, 0), W⁻ = min(W, 0),
+
+        R_i = α [x⁺_i (W⁺ᵀ s⁺)_i + x⁻_i (W⁻ᵀ s⁺)_i] − β [x⁺_i (W⁻ᵀ s⁻)_i + x⁻_i (W⁺ᵀ s⁻)_i],
+        s⁺ = R / (W⁺x⁺ + W⁻x⁻ + b),    s⁻ = R / (W⁻x⁺ + W⁺x⁻ + b)   (safe division),
+
+    i.e. the positive contributions x_i w_ij > 0 get α of the relevance and the negative ones −β,
+    each in proportion to its share, for signed inputs too (captum's ``Alpha1_Beta0_Rule`` only
+    clamps the weights, which is the same for x ≥ 0 only). ``bias=True`` (iNNvestigate's default, and
+    its presets'): iNNvestigate splits the bias into b⁺ and b⁻ but feeds b⁺ to one and b⁻ to the other
+    half-layer of *both* denominators, so each holds the whole bias b (a split by sign would give b⁺
+    to the positive and b⁻ to the negative one); ``bias=False`` (``AlphaBetaIgnoreBiasRule``): no
+    bias. With α − β = 1 (which iNNvestigate requires; any α, β ≥ 0 are accepted here) and b = 0 the
+    rule conserves relevance where both denominators are non-zero."""
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, bias: bool = True) -> None:
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"alpha and beta must be >= 0, got {alpha}, {beta}")
+        self.alpha, self.beta, self.bias = float(alpha), float(beta), bias
+
+    def propagate(self, module, x, r):
+        w = module.weight
+        b = module.bias if self.bias else None
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        bp, bn = (b.clamp(min=0), b.clamp(max=0)) if b is not None else (None, None)
+
+        def part(w1, b1, w2, b2):  # w1 on x⁺, w2 on x⁻, each half-layer with its share of the bias
+            s = _safe_divide(r, _kernel_call(module, xp, w1, b1) + _kernel_call(module, xn, w2, b2))
+            return xp * _kernel_transpose(module, x, w1, s) + xn * _kernel_transpose(module, x, w2, s)
+
+        out = self.alpha * part(wp, bp, wn, bn)
+        if self.beta:
+            out = out - self.beta * part(wn, bn, wp, bp)
+        return out
+
+
+class FlatRule(_DirectRule):
+    """The flat rule (iNNvestigate ``FlatRule``): every input in an output's receptive field gets an
+    equal share of its relevance, R_i = Σ_j R_j / n_j, with n_j the number of inputs of output j
+    (zero padding excluded: the all-ones kernel applied to an all-ones input) and neither the input
+    values, the weights nor the bias used. Conserves relevance."""
+
+    def propagate(self, module, x, r):
+        ones = torch.ones_like(module.weight)
+        s = _safe_divide(r, _kernel_call(module, torch.ones_like(x), ones))
+        return _kernel_transpose(module, x, ones, s)
+
+
+class BoundedRule(_DirectRule):
+    """Deep Taylor's z^B rule for inputs bounded by [low, high] (iNNvestigate ``BoundedRule``):
+
+        R_i = Σ_j (x_i w_ij − l_i w⁺_ij − h_i w⁻_ij) R_j / z_j,   z_j = Σ_i (x_i w_ij − l_i w⁺_ij − h_i w⁻_ij),
+
+    with l_i = low and h_i = high (0 on zero padding, as iNNvestigate's constant tensors, padded by
+    the layer), the bias ignored, safe division. ``low``/``high``: numbers, or tensors that broadcast
+    against the layer's input (per image: shape (N, 1, 1, 1)). Conserves relevance where z_j ≠ 0."""
+
+    def __init__(self, low: float | torch.Tensor = -1.0, high: float | torch.Tensor = 1.0) -> None:
+        self.low, self.high = low, high
+
+    def propagate(self, module, x, r):
+        w = module.weight
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        lo = torch.zeros_like(x) + torch.as_tensor(self.low, dtype=x.dtype, device=x.device)
+        hi = torch.zeros_like(x) + torch.as_tensor(self.high, dtype=x.dtype, device=x.device)
+        z = _kernel_call(module, x, w) - _kernel_call(module, lo, wp) - _kernel_call(module, hi, wn)
+        s = _safe_divide(r, z)
+        return (x * _kernel_transpose(module, x, w, s) - lo * _kernel_transpose(module, x, wp, s)
+                - hi * _kernel_transpose(module, x, wn, s))
+
+
 class _FlattenLast(nn.Module):
     """``features`` (a Sequential without Flatten modules) followed by a flatten in ``forward``."""
 
@@ -670,37 +870,93 @@ def lrp_ready(model: nn.Sequential, input_shape: Sequence[int]) -> nn.Module:
     return _FlattenLast(nn.Sequential(*layers)).eval()
 
 
+LRP_RULES = ("epsilon", "preset_a", "preset_b", "preset_a_flat", "preset_b_flat", "deep_taylor_bounded")
+
+
+def _lrp_layer_rule(rule: str, layer: nn.Module, first: bool, dense: bool, epsilon: float,
+                    low: torch.Tensor, high: torch.Tensor) -> PropagationRule | None:
+    """The rule iNNvestigate 1.0.8 applies to ``layer`` (None: captum's handling, e.g. ReLU's pass-through)."""
+    from captum.attr._utils.lrp_rules import EpsilonRule
+
+    kernel = isinstance(layer, _KERNEL_LAYERS)
+    if rule == "deep_taylor_bounded":  # deeptaylor.py: BoundedDeepTaylor
+        if kernel:  # z^B on the input layer; every other layer with a kernel (and an activation, linear too) α1β0
+            return BoundedRule(low, high) if first else AlphaBetaRule(1.0, 0.0, bias=True)
+        if isinstance(layer, _POOLING_AVG + _POOLING_MAX):
+            return GradientRule()
+        return None
+    if kernel:  # relevance_analyzer.py: LRPEpsilon / LRPSequentialPreset{A,B}[Flat]
+        if first and rule.endswith("_flat"):
+            return FlatRule()
+        if rule == "epsilon" or dense:
+            return EpsilonRule(epsilon=epsilon)
+        return AlphaBetaRule(1.0, 0.0) if rule.startswith("preset_a") else AlphaBetaRule(2.0, 1.0)
+    if isinstance(layer, _POOLING_AVG):
+        return ZRule()
+    if isinstance(layer, _POOLING_MAX):
+        return GradientRule()
+    return None
+
+
 def lrp(
     model: nn.Sequential,
     x: torch.Tensor,
     target: torch.Tensor | int | None = None,
     rule: str = "epsilon",
     epsilon: float = 0.2,
+    low: float | torch.Tensor | None = None,
+    high: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Layer-wise relevance propagation of the class logit (``captum.attr.LRP``) on :func:`lrp_ready` (model).
+    """Layer-wise relevance propagation of the class logit (``captum.attr.LRP``) on :func:`lrp_ready` (model),
+    with iNNvestigate 1.0.8's rules per layer (the version of the RDE reference, jmaces/rde @ d71169d,
+    ``mnist/script_innvestigate.py``; the rules: :class:`ZRule`, :class:`GradientRule`,
+    :class:`AlphaBetaRule`, :class:`FlatRule`, :class:`BoundedRule`, captum's ``EpsilonRule``).
+    "Dense" layers are the ``Linear`` modules of ``model``, "conv" layers its convolutions, the
+    "input layer" is the first module when it has a kernel.
 
-    ``rule="epsilon"``: the epsilon rule with ``epsilon`` on every convolution, dense and pooling layer
-    (the RDE reference's "LRP-E", iNNvestigate ``lrp.epsilon`` with epsilon 0.2).
-    ``rule="preset_a"``: captum's z+ rule (``Alpha1_Beta0_Rule``) on convolutions, epsilon on dense
-    and pooling layers. This approximates iNNvestigate's ``lrp.sequential_preset_a``: the same rules,
-    except that captum's z+ rule clamps the weights only and assumes non-negative inputs, which the
-    first convolution's centred input is not (iNNvestigate's alpha-beta rule splits signed inputs).
+    * ``"epsilon"`` (``lrp.epsilon``): the ε-rule (z + ε·sign(z), sign(0) = 1, bias included: captum's
+      ``EpsilonRule`` is iNNvestigate's) on every conv and dense layer, LRP-0 (:class:`ZRule`) on
+      average pooling;
+    * ``"preset_a"`` (``lrp.sequential_preset_a``): α1β0 on conv layers, ε on dense layers, LRP-0 on
+      average pooling; ``"preset_b"`` (``lrp.sequential_preset_b``): the same with α2β1 on conv layers;
+    * ``"preset_a_flat"``, ``"preset_b_flat"``: the same with the flat rule on the input layer;
+    * ``"deep_taylor_bounded"`` (``deep_taylor.bounded``): z^B with bounds ``low``, ``high`` on the
+      input layer (default: each image's minimum and maximum, as the reference), α1β0 with bias on every
+      other kernel layer (iNNvestigate's check "contains an activation" is true of every Keras Dense
+      layer, so the linear output layer gets it too), the gradient mapping on pooling layers, and the
+      explained logit passed through a ReLU first (iNNvestigate's ``DeepTaylor._prepare_model``): a
+      non-positive logit gives an all-zero map.
+
+    Max pooling gets the gradient mapping in every preset, as in iNNvestigate. ``epsilon`` is the
+    dense layers' ε (the reference: 0.2; iNNvestigate's preset default 0.1). Relevance passes ReLU
+    modules unchanged (captum), which is iNNvestigate's treatment of a layer's built-in ReLU.
+    Known differences from iNNvestigate: none in the rules' formulas; captum runs in the input's dtype
+    (iNNvestigate in Keras' float32), and the output relevance is the logit times the propagation
+    of 1 (captum) rather than the logit itself propagated, equal up to rounding.
     """
     from captum.attr import LRP
-    from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule
 
-    if rule not in ("epsilon", "preset_a"):
-        raise ValueError(f"rule must be 'epsilon' or 'preset_a', got {rule!r}")
+    if rule not in LRP_RULES:
+        raise ValueError(f"rule must be one of {LRP_RULES}, got {rule!r}")
     targets = _targets(model, x, target)
     net = lrp_ready(model, x.shape[1:])
-    convs = [m for m in net.features if isinstance(m, nn.Conv2d)]
-    n_feature_convs = len(convs) - sum(isinstance(m, nn.Linear) for m in model)  # the rest were dense layers
-    for layer in net.features:
-        if rule == "preset_a" and any(layer is c for c in convs[:n_feature_convs]):
-            layer.rule = Alpha1_Beta0_Rule()
-        elif isinstance(layer, (nn.Conv2d, nn.Linear, nn.AvgPool2d)):
-            layer.rule = EpsilonRule(epsilon=epsilon)
-    return LRP(net).attribute(x.clone().requires_grad_(True), target=targets).detach()
+    kernels = [m for m in net.features if isinstance(m, _KERNEL_LAYERS)]
+    n_dense = sum(isinstance(m, nn.Linear) for m in model)  # lrp_ready turned them into the last convolutions
+    dense = kernels[len(kernels) - n_dense:] if n_dense else []
+    flat = x.flatten(1)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    low = flat.min(1).values.view(shape) if low is None else low
+    high = flat.max(1).values.view(shape) if high is None else high
+    for i, layer in enumerate(net.features):
+        r = _lrp_layer_rule(rule, layer, i == 0, any(layer is d for d in dense), epsilon, low, high)
+        if r is not None:
+            layer.rule = r
+    out = LRP(net).attribute(x.clone().requires_grad_(True), target=targets).detach()
+    if rule == "deep_taylor_bounded":
+        with torch.no_grad():
+            positive = net(x).gather(1, targets.view(-1, 1).to(x.device)).view(shape) > 0
+        out = out * positive
+    return out
 
 
 def lime_image_map(
