@@ -64,7 +64,11 @@ AGGREGATES = {"scorecard"}
 def execution_key(source: Path, params: dict, upstream: str = "") -> str:
     h = hashlib.sha256()
     h.update(upstream.encode())
-    for path in [source, REPO / "requirements.txt", *sorted((REPO / "lib").rglob("*.py"))]:
+    # committed run records a chapter reads: its own folder under results/ (e.g. the CEM chapter shows its
+    # full-data run beside the quick verdicts); an aggregate (the scorecard) reads all of them
+    results = REPO / "results" if source.stem in AGGREGATES else REPO / "results" / source.stem
+    records = sorted(results.rglob("*.record.json")) if results.exists() else []
+    for path in [source, REPO / "requirements.txt", *sorted((REPO / "lib").rglob("*.py")), *records]:
         h.update(str(path.relative_to(REPO)).encode())
         h.update(path.read_bytes())
     h.update(json.dumps(params, sort_keys=True).encode())
