@@ -19,8 +19,12 @@ def models():
     ds = load_mnist(verbose=False)
     x, y = ds.x_train[:2000] - 0.5, ds.y_train[:2000]
     cnn, ae = CEMClassifier(n_blocks=2), CEMAutoencoder()
-    fit(cnn, x, y, F.cross_entropy, epochs=1, batch_size=64, seed=0, progress=False)
-    fit(ae, x[:1000], x[:1000], F.mse_loss, epochs=1, batch_size=128, seed=0, progress=False)
+    # trained in float64 (then used in float32): float32 training amplifies the last-bit differences
+    # between CPUs' vector kernels into different models, and on some CPUs into one whose gradients
+    # barely move the iterates
+    fit(cnn, x, y, F.cross_entropy, epochs=1, batch_size=64, seed=0, progress=False, dtype=torch.float64)
+    fit(ae, x[:1000], x[:1000], F.mse_loss, epochs=1, batch_size=128, seed=0, progress=False, dtype=torch.float64)
+    cnn.float(), ae.float()
     return cnn.eval(), ae.eval()
 
 

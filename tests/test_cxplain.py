@@ -383,8 +383,12 @@ def test_skip_unchanged_is_exact_and_skips_background_blocks() -> None:
     model.seen = 0
     full, d_full = compute_omega(model, x, y, 2, 0.0, skip_unchanged=False, return_delta=True)
     assert model.seen == 4 * 17
-    np.testing.assert_allclose(skip.numpy(), full.numpy(), atol=1e-6)
-    np.testing.assert_allclose(d_skip.numpy(), d_full.numpy(), atol=1e-6)
+    # images with ink: the same Omega; the all-background image: computing its masked copies gives
+    # Delta within rounding of 0 (identical rows of a batch may differ in the last bits on some CPUs'
+    # kernels, and normalising such noise is meaningless), skipping them gives exactly 0
+    np.testing.assert_allclose(skip[:3].numpy(), full[:3].numpy(), atol=1e-6)
+    np.testing.assert_allclose(d_skip.numpy(), d_full.numpy(), atol=1e-5)
+    assert (d_skip[3] == 0).all()
     ink_blocks = block_masks(x.shape, 2).unsqueeze(0).mul(x[:, 0].unsqueeze(1) > 0).flatten(2).any(-1)
     assert (d_skip[~ink_blocks] == 0).all()  # unchanged copies: Delta exactly 0
     np.testing.assert_allclose(skip[3].numpy(), 1 / 16)  # nothing to remove: uniform
