@@ -1,12 +1,13 @@
 """Datasets: a registry of (files, sha256, mirrors) and loaders that never hang offline.
 
-Used by every chapter (CEM and CXPlain: MNIST; GCE: MNIST, Fashion-MNIST, CIFAR-10).
+Used by every chapter (CEM and CXPlain: MNIST; GCE: MNIST, Fashion-MNIST, CIFAR-10; RDE: MNIST, and
+STL-10 where it is available).
 
 Where a loader looks, in order (the first hit wins):
 
 1. an explicit ``path=`` argument, or the environment variable ``XAI_DATA_<NAME>``
-   (``XAI_DATA_MNIST``, ``XAI_DATA_FASHION_MNIST``, ``XAI_DATA_CIFAR10``): a folder in the
-   dataset's usual layout (for CIFAR-10 also the ``.tar.gz`` archive). A missing or corrupt
+   (``XAI_DATA_MNIST``, ``XAI_DATA_FASHION_MNIST``, ``XAI_DATA_CIFAR10``, ``XAI_DATA_STL10``): a folder
+   in the dataset's usual layout (for CIFAR-10 and STL-10 also the ``.tar.gz`` archive). A missing or corrupt
    explicit path is an error, never silently skipped;
 2. the local data cache ``$XAI_DATA_HOME/<name>`` (default ``~/.cache/xai-book/data/<name>``);
    a file there that fails its checksum is deleted with a warning;
@@ -15,8 +16,8 @@ Where a loader looks, in order (the first hit wins):
 4. the small real sample committed in the repository's ``data/`` folder, with a visible
    notice saying so and how to get the full data.
 
-If none of these exists (CIFAR-10 has no committed sample), :class:`DatasetNotFoundError` says
-what was tried and how to fix it.
+If none of these exists (CIFAR-10 and STL-10 have no committed sample), :class:`DatasetNotFoundError`
+says what was tried and how to fix it.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import gzip
 import hashlib
 import os
 import pickle
+import shutil
 import struct
 import tarfile
 import tempfile
@@ -87,6 +89,16 @@ class DatasetSpec:
     sample_resources: tuple[Resource, ...] = ()
     extract: bool = False  # the download is an archive to unpack into the cache folder
     subdirs: tuple[str, ...] = ()  # where the files sit under a torchvision-style root (e.g. MNIST/raw)
+    # Archives of which the reader needs only some members (STL-10: 0.36 GB of the 3.1 GB it unpacks to): the members to
+    # unpack, and the folder they unpack to. With these set, a cache holding the verified archive but
+    # not that folder (an interrupted unpacking, an archive put there by hand) is unpacked before
+    # reading, and the unpacking is atomic (a temporary folder renamed when complete).
+    extract_members: tuple[str, ...] = ()
+    extracted_folder: str | None = None
+    # The files the reader reads (file names). An explicit folder in an unverifiable layout is
+    # fingerprinted from these only (STL-10's folder also holds the 2.8 GB unlabeled split); empty:
+    # every file in the folder.
+    read_files: tuple[str, ...] = ()
 
     @property
     def env_var(self) -> str:
@@ -162,6 +174,58 @@ def read_cifar10_folder(folder: Path) -> RawSplits:
         x_test=x_test,
         y_test=y_test,
     )
+
+
+STL10_FOLDER = "stl10_binary"
+STL10_FILES = ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin")
+STL10_SHAPE = (3, 96, 96)
+STL10_IMAGE_BYTES = 3 * 96 * 96
+# The official labelled splits (STL-10 homepage: 500 training and 800 test images per class). The reader
+# checks every file's exact byte count against them, since no checksum of the unpacked files is
+# published (the archive's is: see the registry). Tests on tiny generated files patch these sizes.
+STL10_SPLIT_SIZES = {"train": 5000, "test": 8000}
+
+
+def _stl10_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    n = STL10_SPLIT_SIZES[split]
+    xp, yp = folder / f"{split}_X.bin", folder / f"{split}_y.bin"
+    for path, expected in ((xp, n * STL10_IMAGE_BYTES), (yp, n)):
+        size = path.stat().st_size
+        if size != expected:
+            raise ValueError(
+                f"{path} has {size} bytes; the STL-10 {split} split has {n} images, so {expected} bytes are "
+                f"expected ({'3 x 96 x 96 bytes per image' if path is xp else 'one byte per label'}). The file is "
+                "truncated or not STL-10's: delete it and unpack stl10_binary.tar.gz again."
+            )
+    # each image: 96 x 96 red values, then green, then blue, each channel in column-major order
+    raw = np.fromfile(xp, dtype=np.uint8).reshape(n, *STL10_SHAPE)  # (N, C, column, row)
+    images = raw.transpose(0, 3, 2, 1)  # (N, row, column, C)
+    labels = np.fromfile(yp, dtype=np.uint8)
+    if labels.min() < 1 or labels.max() > 10:
+        raise ValueError(f"{yp}: STL-10 labels are 1..10, found values in [{labels.min()}, {labels.max()}]")
+    return images, labels.astype(np.int64) - 1
+
+
+def _stl10_binary_folder(folder: Path) -> Path | None:
+    for candidate in (folder / STL10_FOLDER, folder):
+        if all((candidate / n).is_file() for n in STL10_FILES):
+            return candidate
+    return None
+
+
+def read_stl10_folder(folder: Path) -> RawSplits:
+    """Read STL-10's binary layout: ``stl10_binary/{train,test}_{X,y}.bin`` (the folder itself or its
+    parent). Images are uint8, 3 x 96 x 96 per image, each channel stored column by column; labels are
+    one byte each, 1..10, returned as 0..9 (``class_names.txt``: airplane, bird, car, cat, deer, dog,
+    horse, monkey, ship, truck). The unlabeled split is not read. Every file's size is checked against
+    the official split sizes (:data:`STL10_SPLIT_SIZES`)."""
+    found = _stl10_binary_folder(folder)
+    if found is None:
+        missing = [n for n in STL10_FILES if not (folder / STL10_FOLDER / n).is_file()]
+        raise FileNotFoundError(f"{folder} lacks STL-10 files {missing} (looked in {folder / STL10_FOLDER} and {folder})")
+    x_train, y_train = _stl10_split(found, "train")
+    x_test, y_test = _stl10_split(found, "test")
+    return RawSplits(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
 
 
 _IDX_NAMES = (
@@ -255,6 +319,25 @@ REGISTRY: dict[str, DatasetSpec] = {
         classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
         reader=read_cifar10_folder,
         extract=True,
+    ),
+    # The archive's sha256 and size (2,640,397,119 bytes) are not published by the dataset's authors; they
+    # are the ones TensorFlow Datasets records for this URL (tensorflow/datasets,
+    # tensorflow_datasets/url_checksums/stl10.txt), and other packages pin the same sha256 (batchup's
+    # stl.py); torchvision's MD5 of the same file is 91f7769df0f17e558f3565bffb0c7dfb. The unpacked
+    # files have no published checksum: the reader checks their exact sizes.
+    "stl10": DatasetSpec(
+        name="stl10",
+        title="STL-10 (Coates, Lee, Ng 2011)",
+        homepage="https://cs.stanford.edu/~acoates/stl10/",
+        license="see homepage (images from ImageNet; research use)",
+        mirrors=("http://ai.stanford.edu/~acoates/stl10/", "https://cs.stanford.edu/~acoates/stl10/"),
+        resources=(Resource("stl10_binary.tar.gz", "f31fd99273a1acb8609c8db427cebb1de3f71de77758cdc0e22956e1289b9866"),),
+        classes=("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"),
+        reader=read_stl10_folder,
+        extract=True,
+        extract_members=tuple(f"{STL10_FOLDER}/{n}" for n in (*STL10_FILES, "class_names.txt")),
+        extracted_folder=STL10_FOLDER,
+        read_files=STL10_FILES,
     ),
 }
 
@@ -357,6 +440,42 @@ def _extract(archive: Path, folder: Path) -> None:
         tar.extractall(folder, filter="data")
 
 
+def _extract_members(archive: Path, folder: Path, members: Sequence[str], top: str) -> None:
+    """Unpack only ``members`` of ``archive`` (all under ``top/``) into ``folder/top``, atomically: into a
+    temporary folder first, renamed when every member is there (one sequential pass over the archive)."""
+    wanted = set(members)
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{top}."))
+    try:
+        with tarfile.open(archive, "r|*") as tar:  # a stream: one pass, no seeking back in the gzip
+            for member in tar:
+                if member.name in wanted:
+                    tar.extract(member, tmp, filter="data")
+                    wanted.discard(member.name)
+        if wanted:
+            raise DatasetNotFoundError(f"{archive} lacks the members {sorted(wanted)}; it is not the expected archive")
+        target = folder / top
+        if target.exists():  # an incomplete earlier unpacking
+            shutil.rmtree(target)
+        os.replace(tmp / top, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _unpack(spec: "DatasetSpec", archive: Path, folder: Path) -> None:
+    """Unpack ``archive`` into ``folder`` as ``spec`` says (every member, or only ``extract_members``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if spec.extract_members:
+        _extract_members(archive, folder, spec.extract_members, spec.extracted_folder or "")
+    else:
+        _extract(archive, folder)
+
+
+def _needs_unpack(spec: "DatasetSpec", folder: Path) -> bool:
+    if spec.extracted_folder:
+        return not (folder / spec.extracted_folder).is_dir()
+    return not any(folder.glob("*/"))
+
+
 def _locate_explicit(spec: DatasetSpec, path: Path) -> Located:
     if not path.exists():
         raise DatasetNotFoundError(
@@ -366,8 +485,8 @@ def _locate_explicit(spec: DatasetSpec, path: Path) -> Located:
     if path.is_file() and spec.extract:  # an archive given directly
         verify(path, spec.resources[0])
         out = cache_root() / spec.name
-        if not any(out.glob("*/")):
-            _extract(path, out)
+        if _needs_unpack(spec, out):
+            _unpack(spec, path, out)
         return Located(out, "explicit", _fingerprint(spec.resources))
     if path.is_file():
         raise DatasetNotFoundError(f"{spec.title}: expected a folder in the usual layout, got the file {path}.")
@@ -380,10 +499,17 @@ def _locate_explicit(spec: DatasetSpec, path: Path) -> Located:
     for r in present:
         verify(path / r.filename, r)
     if present and len(present) == len(spec.resources):
+        if spec.extract and spec.extracted_folder and _needs_unpack(spec, path):
+            # the verified archive, not unpacked: unpack it into the data cache (never into the given folder)
+            out = cache_root() / spec.name
+            if _needs_unpack(spec, out):
+                _unpack(spec, path / spec.resources[0].filename, out)
+            return Located(out, "explicit", _fingerprint(spec.resources))
         return Located(path, "explicit", _fingerprint(spec.resources))
-    # Unverifiable layout (e.g. extracted CIFAR-10, uncompressed IDX): fingerprint the contents.
+    # Unverifiable layout (e.g. extracted CIFAR-10, uncompressed IDX): fingerprint the contents
+    # (only the files the reader reads, where the spec names them).
     h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+    for p in sorted(q for q in path.rglob("*") if q.is_file() and (not spec.read_files or q.name in spec.read_files)):
         h.update(p.name.encode())
         h.update(sha256_file(p).encode())
     return Located(path, "explicit", h.hexdigest()[:16])
@@ -399,6 +525,8 @@ def locate(name: str, path: str | os.PathLike | None = None, download: bool | No
     tried = []
     folder = cache_root() / spec.name
     if _complete_and_valid(folder, spec.resources, on_bad="delete"):
+        if spec.extract and spec.extracted_folder and _needs_unpack(spec, folder):
+            _unpack(spec, folder / spec.resources[0].filename, folder)
         return Located(folder, "cache", _fingerprint(spec.resources))
     tried.append(f"data cache {folder}")
 
@@ -419,7 +547,7 @@ def locate(name: str, path: str | os.PathLike | None = None, download: bool | No
                 break
         if _complete_and_valid(folder, spec.resources, on_bad="delete"):
             if spec.extract:
-                _extract(folder / spec.resources[0].filename, folder)
+                _unpack(spec, folder / spec.resources[0].filename, folder)
             return Located(folder, "download", _fingerprint(spec.resources))
         tried.append("download (" + "; ".join(errors[-2:]) + ")")
     else:
@@ -432,7 +560,8 @@ def locate(name: str, path: str | os.PathLike | None = None, download: bool | No
     raise DatasetNotFoundError(
         f"{spec.title} is not available here. Tried: " + "; ".join(tried) + ". "
         f"Fix: download {', '.join(r.filename for r in spec.resources)} from {spec.homepage} and point "
-        f"{spec.env_var} at it (the archive or its extracted folder), or put it in {folder}."
+        f"{spec.env_var} at it (the archive or its extracted folder), or put it in {folder}. "
+        "No sample of it is committed in data/."
     )
 
 
@@ -480,7 +609,7 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def load_dataset(name: str, path: str | os.PathLike | None = None, download: bool | None = None, verbose: bool = True) -> Dataset:
-    """Load dataset ``name`` ('mnist', 'fashion-mnist', 'cifar10') as a :class:`Dataset`.
+    """Load dataset ``name`` ('mnist', 'fashion-mnist', 'cifar10', 'stl10') as a :class:`Dataset`.
 
     When only the committed sample is available, prints a notice (and emits a
     :class:`SampleDataWarning`) naming the full data's source and how to point the loader at it.
@@ -526,6 +655,16 @@ def load_fashion_mnist(path: str | os.PathLike | None = None, download: bool | N
 def load_cifar10(path: str | os.PathLike | None = None, download: bool | None = None, verbose: bool = True) -> Dataset:
     """CIFAR-10 (used by the GCE reproduction chapter); no committed sample exists."""
     return load_dataset("cifar10", path, download, verbose)
+
+
+def load_stl10(path: str | os.PathLike | None = None, download: bool | None = None, verbose: bool = True) -> Dataset:
+    """STL-10's labelled splits (5,000 training, 8,000 test images, 3 x 96 x 96, RGB, labels 0..9), used by
+    the RDE chapter's STL-10 experiment; no committed sample exists. ``path`` or ``XAI_DATA_STL10``: the
+    archive ``stl10_binary.tar.gz`` (its sha256 is checked, and the labelled files are unpacked into the
+    data cache) or a folder holding ``stl10_binary/`` (or its files). ``download=True`` fetches the
+    2.6 GB archive from the official site into the data cache (checksum-verified); the unlabeled split
+    is never unpacked."""
+    return load_dataset("stl10", path, download, verbose)
 
 
 # --------------------------------------------------------------------------------------------
