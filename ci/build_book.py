@@ -61,6 +61,14 @@ def chapters_in_toc() -> list[Path]:
 AGGREGATES = {"scorecard"}
 
 
+def _git_head() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def execution_key(source: Path, params: dict, upstream: str = "") -> str:
     h = hashlib.sha256()
     h.update(upstream.encode())
@@ -68,6 +76,9 @@ def execution_key(source: Path, params: dict, upstream: str = "") -> str:
     # full-data run beside the quick verdicts); an aggregate (the scorecard) reads all of them
     results = REPO / "results" if source.stem in AGGREGATES else REPO / "results" / source.stem
     records = sorted(results.rglob("*.record.json")) if results.exists() else []
+    if source.stem in AGGREGATES:
+        # the scorecard marks committed records stale from git history: a new commit can change its page
+        h.update(_git_head().encode())
     for path in [source, REPO / "requirements.txt", *sorted((REPO / "lib").rglob("*.py")), *records]:
         h.update(str(path.relative_to(REPO)).encode())
         h.update(path.read_bytes())

@@ -10,11 +10,15 @@ seeds where several seeds ran), the rule, the verdict of each seed and a combine
 * otherwise (a mix with "inconclusive" or "not testable here"): "inconclusive", unless every seed
   is "not testable here".
 
-A record is *stale* when the chapter's source or ``lib/`` changed in git after the commit it ran at.
+A record is *stale* when, in git, the chapter's source or one of the ``lib`` modules it imports (directly
+or through other ``lib`` modules: :func:`lib_dependencies`) changed after the commit it ran at. Staleness
+is a property of the repository's history, not a result: the scorecard lists it apart from the findings.
 """
 from __future__ import annotations
 
+import ast
 import json
+import re
 import subprocess
 from collections import defaultdict
 from pathlib import Path
@@ -71,13 +75,65 @@ def _text(ours) -> str:
     return str(ours)
 
 
+_LIB_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+(lib(?:\.\w+)*)[ \t]+import[ \t]+(\([^)]*\)|[^\n#]+)|import[ \t]+(lib(?:\.\w+)*))", re.M)
+
+
+def _module_file(module: str, repo: Path) -> Path | None:
+    base = repo.joinpath(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported_modules(text: str, is_python: bool) -> set[str]:
+    """The ``lib`` modules a source names in its imports (``from lib.x import y`` names ``lib.x`` and,
+    where ``lib.x.y`` is a module, that too)."""
+    found: set[str] = set()
+    if is_python:
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name == "lib" or a.name.startswith("lib.")}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and \
+                    (node.module == "lib" or node.module.startswith("lib.")):
+                found.add(node.module)
+                found |= {f"{node.module}.{a.name}" for a in node.names}
+        return found
+    for m in _LIB_IMPORT.finditer(text):  # a MyST chapter: its code cells' import lines
+        if m.group(3):
+            found.add(m.group(3))
+        else:
+            found.add(m.group(1))
+            found |= {f"{m.group(1)}.{n.strip()}" for n in re.split(r"[,()\s]+", m.group(2)) if n.strip()}
+    return found
+
+
+def lib_dependencies(chapter_source: str, repo: Path = REPO_ROOT) -> list[str]:
+    """The ``lib`` files (relative to ``repo``) that a chapter imports, directly or through other ``lib``
+    modules, with each package's ``__init__.py``: what the chapter's numbers can depend on in ``lib``."""
+    todo = sorted(_imported_modules((repo / chapter_source).read_text(), chapter_source.endswith(".py")) | {"lib"})
+    seen: set[Path] = set()
+    while todo:
+        module = todo.pop()
+        parts = module.split(".")
+        for i in range(1, len(parts) + 1):  # a module's packages are imported with it
+            path = _module_file(".".join(parts[:i]), repo)
+            if path is None or path in seen:
+                continue
+            seen.add(path)
+            todo.extend(sorted(_imported_modules(path.read_text(), True)))
+    return sorted(str(p.relative_to(repo)) for p in seen)
+
+
 def is_stale(record: dict, chapter_source: str, repo: Path = REPO_ROOT) -> bool | None:
-    """True when the chapter's source or lib/ changed after the record's commit (None if unknown)."""
+    """True when, in git, the chapter's source or a ``lib`` file it depends on (:func:`lib_dependencies`)
+    changed after the record's commit (None if unknown: no commit recorded, or not in this clone's history)."""
     commit = (record.get("git") or {}).get("commit")
-    if not commit:
+    if not commit or not (repo / chapter_source).is_file():
         return None
     try:
-        out = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", chapter_source, "lib"], cwd=repo,
+        out = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", chapter_source,
+                              *lib_dependencies(chapter_source, repo)], cwd=repo,
                              capture_output=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -86,9 +142,17 @@ def is_stale(record: dict, chapter_source: str, repo: Path = REPO_ROOT) -> bool 
     return out.returncode == 1
 
 
+def _stale_memo(record: dict, chapter: str, repo: Path, memo: dict) -> bool | None:
+    key = ((record.get("git") or {}).get("commit"), chapter)
+    if key not in memo:
+        memo[key] = is_stale(record, f"chapters/{chapter}.md", repo)
+    return memo[key]
+
+
 def rows(records: list[dict], repo: Path = REPO_ROOT) -> list[dict]:
     """One row per (chapter, claim, profile, data): values and verdicts over seeds, combined."""
     groups: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
+    memo: dict[tuple, bool | None] = {}
     latest: dict[tuple, dict] = {}
     # keep the newest record per (chapter, profile, data, seed, parameters)
     for rec in sorted(records, key=lambda r: r.get("started", "")):
@@ -103,7 +167,7 @@ def rows(records: list[dict], repo: Path = REPO_ROOT) -> list[dict]:
         recs = [r for r, _ in items]
         claims = [c for _, c in items]
         values = [v for v in (_value(c["ours"]) for c in claims) if v is not None]
-        stale = [is_stale(r, f"chapters/{chapter}.md", repo) for r in recs]
+        stale = [_stale_memo(r, chapter, repo, memo) for r in recs]
         hw = sorted({(r.get("hardware") or {}).get("cpu", "?") for r in recs})
         first = claims[0]
         out.append({
