@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_chapter  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-HEADLESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TQDM_DISABLE": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0"}
+HEADLESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "MKL_CBWR": "AVX2", "TQDM_DISABLE": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0"}
 
 
 def chapters_in_toc() -> list[Path]:

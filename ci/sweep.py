@@ -99,7 +99,7 @@ def run_point(source: str, out_dir: str, name: str, params: dict) -> dict:
     out = Path(out_dir) / f"{name}.ipynb"
     log = Path(out_dir) / f"{name}.log"
     args = ["-y", json.dumps(params), "--no-progress-bar", "--log-output"]  # JSON is YAML: lists and numbers keep their type
-    env = {"OMP_WAIT_POLICY": "PASSIVE", "TQDM_DISABLE": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0"}
+    env = {"OMP_WAIT_POLICY": "PASSIVE", "MKL_CBWR": "AVX2", "TQDM_DISABLE": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0"}
     try:
         code = run_chapter.run(Path(source), out, args, env=env, log=log)
     except Exception as err:  # a task must report, not crash the sweep

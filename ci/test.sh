@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 bash ci/setup.sh
-export OMP_WAIT_POLICY=PASSIVE TQDM_DISABLE=1 TF_CPP_MIN_LOG_LEVEL=3 PYTHONHASHSEED=0
+export OMP_WAIT_POLICY=PASSIVE MKL_CBWR=AVX2 TQDM_DISABLE=1 TF_CPP_MIN_LOG_LEVEL=3 PYTHONHASHSEED=0
 .venv/bin/python -m pytest tests -q -p no:cacheprovider --durations=5
 # the book must build without a network and without the full datasets: the loaders then fall back to
 # the committed samples, and the regression check verifies that every such page says so
