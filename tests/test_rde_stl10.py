@@ -55,6 +55,22 @@ def test_initialisation_follows_keras_truncated_normals():
     assert float(conv.bias.detach().abs().max()) == 0
 
 
+def test_mnist_and_stl10_nets_share_one_keras_initialiser():
+    """Both reference classifiers are initialised by lib.models.rde_mnist.keras_init_: glorot_normal
+    dense layers (std sqrt(2 / (fan_in + fan_out)), truncated at 2 std before the correction)."""
+    from lib.models.rde_mnist import KERAS_TRUNC_STD, keras_init_, rde_mnist_net
+
+    net = rde_mnist_net(seed=0)
+    dense = net[10]  # Linear(576, 1024)
+    std = math.sqrt(2.0 / (576 + 1024))
+    w = dense.weight.detach()
+    assert abs(float(w.std()) / std - 1) < 0.02 and float(w.abs().max()) <= 2 * std / KERAS_TRUNC_STD + 1e-6
+    torch.manual_seed(3)
+    again = keras_init_(rde_stl10_net(width=4, hidden=16, input_size=32))
+    torch.manual_seed(3)
+    assert torch.equal(again.dense1.weight, keras_init_(rde_stl10_net(width=4, hidden=16, input_size=32)).dense1.weight)
+
+
 def test_resize_is_pils_nearest_neighbour():
     pil = pytest.importorskip("PIL.Image")
     rng = np.random.default_rng(0)

@@ -44,21 +44,17 @@ version of the same layout.
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lib.models.rde_mnist import keras_init_
+
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)  # keras.applications.imagenet_utils, mode 'caffe'
 INPUT_SIZE = 224
-_TRUNC = 0.87962566103423978  # std of a standard normal truncated to [-2, 2] (Keras' truncated initialisers)
-
-
-def _trunc_normal_(w: torch.Tensor, std: float) -> None:
-    nn.init.trunc_normal_(w, mean=0.0, std=std, a=-2 * std, b=2 * std)
 
 
 def rde_stl10_net(n_classes: int = 10, width: int = 64, input_size: int = INPUT_SIZE, hidden: int = 4096,
@@ -95,15 +91,7 @@ def rde_stl10_net(n_classes: int = 10, width: int = 64, input_size: int = INPUT_
                ("dense2", nn.Linear(hidden, hidden)), ("relu_d2", nn.ReLU()),
                ("dense3", nn.Linear(hidden, n_classes))]
     net = nn.Sequential(OrderedDict(layers))
-    for m in net:
-        if isinstance(m, nn.Conv2d):
-            fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
-            _trunc_normal_(m.weight, math.sqrt(2.0 / fan_in) / _TRUNC)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            _trunc_normal_(m.weight, math.sqrt(2.0 / (m.in_features + m.out_features)) / _TRUNC)
-            nn.init.zeros_(m.bias)
-    return net
+    return keras_init_(net)
 
 
 def resize(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
