@@ -74,6 +74,29 @@ def to_model_input(x: torch.Tensor) -> torch.Tensor:
     return raw - raw.mean(dim=(1, 2, 3), keepdim=True)
 
 
+def random_affine_theta(n: int, generator: torch.Generator, rotation: float, shift: float, shear: float, zoom: float,
+                        flip: bool = False) -> torch.Tensor:
+    """``n`` random affine maps (n, 2, 3) in float64 for :func:`torch.nn.functional.affine_grid`, drawn as Keras'
+    ``ImageDataGenerator`` draws them: rotation uniform in +-``rotation`` degrees, shear angle uniform in
+    +-``shear`` degrees, zoom factors uniform in [1 - ``zoom``, 1 + ``zoom``] per axis, shifts uniform in
+    +-``shift`` of the size and, with ``flip``, a horizontal flip with probability 1/2 (drawn last, so
+    ``flip=False`` draws the same maps from the same generator state). Each maps output coordinates to
+    input coordinates: flip, then rotation @ shear @ zoom, then the shift. Shared by the RDE reference's
+    MNIST and STL-10 training generators.
+    """
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
+    a = torch.deg2rad(u(-rotation, rotation))
+    sh = torch.deg2rad(u(-shear, shear))
+    zx, zy = u(1 - zoom, 1 + zoom), u(1 - zoom, 1 + zoom)
+    tx, ty = u(-shift, shift) * 2, u(-shift, shift) * 2  # affine_grid's coordinates span [-1, 1]
+    mirror = (torch.where(torch.rand(n, generator=generator, dtype=torch.float64) < 0.5, -1.0, 1.0) if flip
+              else torch.ones(n, dtype=torch.float64))
+    cos, sin = torch.cos(a), torch.sin(a)
+    m00, m01 = cos * zx * mirror, (-sin + cos * torch.tan(sh)) * zy
+    m10, m11 = sin * zx * mirror, (cos + sin * torch.tan(sh)) * zy
+    return torch.stack([torch.stack([m00, m01, tx], 1), torch.stack([m10, m11, ty], 1)], 1)
+
+
 def augment(x: torch.Tensor, generator: torch.Generator, rotation: float = 5.0, shift: float = 0.05,
             shear: float = 0.05, zoom: float = 0.05) -> torch.Tensor:
     """Random affine copies of images (N, C, H, W) in [0, 1], as the reference's training generator.
@@ -84,17 +107,7 @@ def augment(x: torch.Tensor, generator: torch.Generator, rotation: float = 5.0, 
     bilinear resampling, points outside the image are 0 (black background; Keras' default 'nearest'
     fill repeats the border, which for MNIST's black border is the same).
     """
-    n = len(x)
-    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
-    a = torch.deg2rad(u(-rotation, rotation))
-    sh = torch.deg2rad(u(-shear, shear))
-    zx, zy = u(1 - zoom, 1 + zoom), u(1 - zoom, 1 + zoom)
-    tx, ty = u(-shift, shift) * 2, u(-shift, shift) * 2  # affine_grid's coordinates span [-1, 1]
-    cos, sin = torch.cos(a), torch.sin(a)
-    # rotation @ shear @ zoom, mapping output coordinates to input coordinates
-    m00, m01 = cos * zx, (-sin + cos * torch.tan(sh)) * zy
-    m10, m11 = sin * zx, (cos + sin * torch.tan(sh)) * zy
-    theta = torch.stack([torch.stack([m00, m01, tx], 1), torch.stack([m10, m11, ty], 1)], 1).to(x.dtype)
+    theta = random_affine_theta(len(x), generator, rotation, shift, shear, zoom).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 

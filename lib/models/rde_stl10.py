@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.models.rde_mnist import keras_init_
+from lib.models.rde_mnist import keras_init_, random_affine_theta
 
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)  # keras.applications.imagenet_utils, mode 'caffe'
@@ -131,19 +131,7 @@ def augment(x: torch.Tensor, generator: torch.Generator, rotation: float = 20.0,
     bilinear resampling, points outside the image take the nearest border pixel (Keras' default fill
     'nearest'). The draws use ``generator`` on the host, so a seed gives the same copies on any device.
     """
-    n = len(x)
-    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
-    a = torch.deg2rad(u(-rotation, rotation))
-    sh = torch.deg2rad(u(-shear, shear))
-    zx, zy = u(1 - zoom, 1 + zoom), u(1 - zoom, 1 + zoom)
-    tx, ty = u(-shift, shift) * 2, u(-shift, shift) * 2  # affine_grid's coordinates span [-1, 1]
-    mirror = torch.where(torch.rand(n, generator=generator, dtype=torch.float64) < 0.5, -1.0, 1.0) if flip \
-        else torch.ones(n, dtype=torch.float64)
-    cos, sin = torch.cos(a), torch.sin(a)
-    # output -> input coordinates: flip, then rotation @ shear @ zoom, then the shift
-    m00, m01 = cos * zx * mirror, (-sin + cos * torch.tan(sh)) * zy
-    m10, m11 = sin * zx * mirror, (cos + sin * torch.tan(sh)) * zy
-    theta = torch.stack([torch.stack([m00, m01, tx], 1), torch.stack([m10, m11, ty], 1)], 1)
+    theta = random_affine_theta(len(x), generator, rotation, shift, shear, zoom, flip)
     theta = theta.to(device=x.device, dtype=x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
