@@ -239,3 +239,16 @@ def test_rde_explain_on_device_is_rde_explain_on_the_cpu():
     a = rde_explain_on_device(net, x, noise, cfg)
     b = rde_explain(net, x, noise, cfg, progress=False)
     assert torch.equal(a.mask, b.mask)
+
+
+def test_random_affine_theta_is_identity_or_mirror_at_zero_ranges_and_flip_is_drawn_last():
+    from lib.models.rde_mnist import random_affine_theta
+
+    eye = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    t = random_affine_theta(8, torch.Generator().manual_seed(0), 0.0, 0.0, 0.0, 0.0)
+    assert torch.equal(t, eye.expand(8, 2, 3))
+    tf = random_affine_theta(64, torch.Generator().manual_seed(0), 0.0, 0.0, 0.0, 0.0, flip=True)
+    assert set(tf[:, 0, 0].tolist()) == {-1.0, 1.0} and torch.equal(tf[:, 1], t[:1, 1].expand(64, 3))
+    a = random_affine_theta(8, torch.Generator().manual_seed(1), 10.0, 0.1, 5.0, 0.1)
+    b = random_affine_theta(8, torch.Generator().manual_seed(1), 10.0, 0.1, 5.0, 0.1, flip=True)
+    assert torch.equal(a[:, :, 2], b[:, :, 2]) and torch.equal(a[:, :, 1], b[:, :, 1])  # same draws; flip only mirrors x
