@@ -69,13 +69,13 @@ def main() -> None:
 
     t_adf = timed(adf_step, args.repeats)
     print(f"threads {torch.get_num_threads()}; {n} images per batch; times per image, x 1500 iterations")
-    print(f"ADF (diag) value+grad: {1000 * t_adf / n:8.1f} ms per image per iteration -> {1.5 * t_adf / n:7.1f} s per image")
+    print(f"ADF (diag) value+grad: {1000 * t_adf / n:8.1f} ms per image per iteration -> {1500 * t_adf / n:7.1f} s per image")
     for draws in args.mc:
         t = timed(lambda: mc_step(draws), args.repeats)
         with torch.no_grad():
             est = torch.stack([mc_objective(s0, draws, torch.Generator().manual_seed(k)) for k in range(20)])
         rel_se = float((est.std(0) / est.mean(0)).mean())
-        print(f"MC, {draws:4d} draws value+grad: {1000 * t / n:8.1f} ms per image per iteration -> {1.5 * t / n:7.1f} s per image "
+        print(f"MC, {draws:4d} draws value+grad: {1000 * t / n:8.1f} ms per image per iteration -> {1500 * t / n:7.1f} s per image "
               f"({t / t_adf:5.1f}x ADF); relative SE of the objective {rel_se:.3f}")
 
     probs = lambda t: torch.softmax(net(t), 1)
