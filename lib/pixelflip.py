@@ -123,10 +123,11 @@ def relevance_ordering_test(
             p = probs(corrupted).view(len(ks), n_draws, -1)
             sq = (p[..., node[i]] - target[i]).double() ** 2
             hit = (p.argmax(-1) == y[i]).double()
-            dist[ks, i] = sq.mean(1).numpy()
-            dist_se[ks, i] = (sq.std(1, unbiased=False) / math.sqrt(n_draws)).numpy()
-            acc[ks, i] = hit.mean(1).numpy()
-            acc_se[ks, i] = (hit.std(1, unbiased=False) / math.sqrt(n_draws)).numpy()
+            rows = ks.numpy()  # index numpy arrays with numpy (a torch index goes through __array__)
+            dist[rows, i] = sq.mean(1).numpy()
+            dist_se[rows, i] = (sq.std(1, unbiased=False) / math.sqrt(n_draws)).numpy()
+            acc[rows, i] = hit.mean(1).numpy()
+            acc_se[rows, i] = (hit.std(1, unbiased=False) / math.sqrt(n_draws)).numpy()
             bar.update(len(ks))
     bar.close()
     rate = 1 - np.minimum(np.arange(steps + 1) * group_size, size) / size
