@@ -123,7 +123,7 @@ def relevance_ordering_test(
             p = probs(corrupted).view(len(ks), n_draws, -1)
             sq = (p[..., node[i]] - target[i]).double() ** 2
             hit = (p.argmax(-1) == y[i]).double()
-            rows = ks.numpy()  # index numpy arrays with numpy (a torch index goes through __array__)
+            rows = ks.numpy()  # a one-element torch index is taken as a scalar (__index__); numpy rows keep the shape
             dist[rows, i] = sq.mean(1).numpy()
             dist_se[rows, i] = (sq.std(1, unbiased=False) / math.sqrt(n_draws)).numpy()
             acc[rows, i] = hit.mean(1).numpy()
