@@ -45,6 +45,41 @@ def provenance(record: dict, record_name: str) -> str:
     )
 
 
+def _final_lines(text: str) -> str:
+    """What a terminal shows after ``text``: each line's part after its last carriage return (a progress bar's
+    final state), lines left blank by a cleared bar dropped."""
+    out = []
+    for line in text.split("\n"):
+        shown = line.rsplit("\r", 1)[-1] if "\r" in line else line
+        if shown.strip() or "\r" not in line:
+            out.append(shown)
+    return "\n".join(out)
+
+
+def collapse_progress(nb) -> int:
+    """Merge each code cell's consecutive stream outputs of one stream and keep only what a terminal would show
+    at the end, so a page keeps a progress bar's last state, not its thousands of updates (a 80-epoch training
+    loop writes about 12,000). Returns the number of stream outputs removed."""
+    removed = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        merged = []
+        for out in cell.get("outputs", []):
+            if (out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream"
+                    and merged[-1].get("name") == out.get("name")):
+                merged[-1]["text"] += out["text"]
+                removed += 1
+            else:
+                merged.append(out)
+        for out in merged:
+            if out.get("output_type") == "stream":
+                out["text"] = _final_lines(out["text"])
+        cell["outputs"] = [o for o in merged if o.get("output_type") != "stream" or o["text"].strip()]
+        removed += len(merged) - len(cell["outputs"])
+    return removed
+
+
 def publish(notebook: Path, record_path: Path, name: str | None = None, repo: Path = REPO) -> Path:
     record = json.loads(record_path.read_text())
     chapter = record["chapter"]
@@ -53,6 +88,7 @@ def publish(notebook: Path, record_path: Path, name: str | None = None, repo: Pa
     if record_path.resolve().parent != out_dir.resolve():
         shutil.copy2(record_path, out_dir / record_path.name)
     nb = nbformat.read(notebook, as_version=4)
+    collapse_progress(nb)
     # the page title: the chapter's first heading, marked as this run
     title = f"{chapter}: {record.get('profile')} profile run"
     for cell in nb.cells:

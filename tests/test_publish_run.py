@@ -29,3 +29,19 @@ def test_published_page_names_hardware_commit_and_data(tmp_path):
     for text in ("Some CPU", "abcdef1234", "30.0 min", "full dataset", "not re-executed", "`n_explain` | `20`"):
         assert text in head, text
     assert not page.cells[1].source.startswith("# ")  # one title per page
+
+
+def test_progress_bar_updates_collapse_to_their_final_state():
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("train()")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="\rCNN:   0%|  | 0/3"),
+                    nbformat.v4.new_output("stream", name="stderr", text="\rCNN:  33%|# | 1/3"),
+                    nbformat.v4.new_output("stream", name="stderr", text="\rCNN: 100%|##| 3/3\n"),
+                    nbformat.v4.new_output("stream", name="stdout", text="trained in 5 s\n"),
+                    nbformat.v4.new_output("execute_result", data={"text/plain": "0.99"}, execution_count=1)]
+    nb.cells = [cell]
+    assert publish_run.collapse_progress(nb) == 2
+    outs = nb.cells[0].outputs
+    assert [o.get("name") for o in outs] == ["stderr", "stdout", None]
+    assert outs[0].text == "CNN: 100%|##| 3/3\n"
+    assert outs[1].text == "trained in 5 s\n"
