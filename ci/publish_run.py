@@ -50,7 +50,7 @@ def _final_lines(text: str) -> str:
     final state), lines left blank by a cleared bar dropped."""
     out = []
     for line in text.split("\n"):
-        shown = line.rsplit("\r", 1)[-1] if "\r" in line else line
+        shown = line.rsplit("\r", 1)[-1]
         if shown.strip() or "\r" not in line:
             out.append(shown)
     return "\n".join(out)
@@ -58,7 +58,7 @@ def _final_lines(text: str) -> str:
 
 def collapse_progress(nb) -> int:
     """Merge each code cell's consecutive stream outputs of one stream and keep only what a terminal would show
-    at the end, so a page keeps a progress bar's last state, not its thousands of updates (a 80-epoch training
+    at the end, so a page keeps a progress bar's last state, not its thousands of updates (an 80-epoch training
     loop writes about 12,000). Returns the number of stream outputs removed."""
     removed = 0
     for cell in nb.cells:
