@@ -1,14 +1,23 @@
-"""The scorecard: every chapter's claims from its run records, with verdicts combined over seeds.
+"""The scorecard: every chapter's claims from its run records, with verdicts combined over runs.
 
 Reads the run records that every chapter writes (:mod:`lib.records`) and turns them into one row
-per (chapter, claim, profile, data): the paper's value and source, our value (with its spread over
-seeds where several seeds ran), the rule, the verdict of each seed and a combined verdict:
+per (chapter, claim, profile, data, setting): the paper's value and source, our value (with its
+spread where several runs ran), the rule, the verdict of each run and a combined verdict. A *setting*
+is a record's parameters other than the seed and the device: runs with other sizes or budgets (a
+sweep's grid, a full-data run at another number of instances) get rows of their own, labelled with
+the parameters that tell them apart (:func:`setting_label`), so a small run never dilutes a large one.
+The runs of one row are its seeds and its machines: the newest record per (seed, machine), where a
+machine is the CPU, the instruction-set caps in force and the device (:func:`machine`). A row's
+combined verdict:
 
-* every seed gives the same verdict: that verdict;
-* seeds disagree between "reproduced" and "not reproduced": **inconclusive** (the verdict depends
-  on the seed, so the evidence does not settle the claim);
-* otherwise (a mix with "inconclusive" or "not testable here"): "inconclusive", unless every seed
+* every run gives the same verdict: that verdict;
+* runs disagree between "reproduced" and "not reproduced": **inconclusive** (the verdict depends
+  on the seed or on the machine, so the evidence does not settle the claim);
+* otherwise (a mix with "inconclusive" or "not testable here"): "inconclusive", unless every run
   is "not testable here".
+
+A stale record (below) is dropped from a row when a record of the same seed and setting from
+another machine is not stale: an old run on one machine does not outvote a current one on another.
 
 A record is *stale* when, in git, the chapter's source or one of the ``lib`` modules it imports (directly
 or through other ``lib`` modules: :func:`lib_dependencies`) changed after the commit it ran at. Staleness
@@ -149,27 +158,77 @@ def _stale_memo(record: dict, chapter: str, repo: Path, memo: dict) -> bool | No
     return memo[key]
 
 
+_NUMERICS_ENV = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+
+
+def machine(record: dict) -> str:
+    """What a record's numbers can depend on besides the code and the parameters: the CPU, the
+    instruction-set caps that were set (``ONEDNN_MAX_CPU_ISA``...), and the GPU when it ran on one."""
+    hw = record.get("hardware") or {}
+    parts = [str(hw.get("cpu") or "?")]
+    parts += [f"{k}={hw[k]}" for k in _NUMERICS_ENV if hw.get(k)]
+    params = record.get("parameters") or {}
+    if params.get("device") not in (None, "cpu") and hw.get("gpu"):
+        parts.append(str(hw["gpu"]))
+    return ", ".join(parts)
+
+
+def _setting(record: dict) -> dict:
+    return {k: v for k, v in (record.get("parameters") or {}).items() if k not in ("seed", "device")}
+
+
+def setting_label(setting: dict, others: list[dict]) -> str:
+    """The parameters in which ``setting`` differs from any of ``others`` (its siblings of the same
+    chapter, profile and data), as ``name=value`` joined by commas; "" when there is no other."""
+    keys = sorted({k for o in others for k in set(o) | set(setting) if o.get(k) != setting.get(k)})
+    return ", ".join(f"{k}={json.dumps(setting.get(k), default=str)}" for k in keys)
+
+
+def run_label(seed, machine_name: str, with_machine: bool) -> str:
+    return f"seed {seed} on {machine_name}" if with_machine else f"seed {seed}"
+
+
 def rows(records: list[dict], repo: Path = REPO_ROOT) -> list[dict]:
-    """One row per (chapter, claim, profile, data): values and verdicts over seeds, combined."""
-    groups: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
+    """One row per (chapter, claim, profile, data, setting): values and verdicts over runs, combined."""
     memo: dict[tuple, bool | None] = {}
     latest: dict[tuple, dict] = {}
-    # keep the newest record per (chapter, profile, data, seed, parameters)
+    # keep the newest record per (chapter, profile, data, setting, seed, machine)
     for rec in sorted(records, key=lambda r: r.get("started", "")):
-        params = json.dumps(rec.get("parameters", {}), sort_keys=True, default=str)
-        latest[(rec["chapter"], rec.get("profile"), bool(rec.get("full_data")), rec.get("seed"), params)] = rec
-    for (chapter, profile, full, seed, _), rec in sorted(latest.items(), key=lambda kv: str(kv[0])):
+        setting = json.dumps(_setting(rec), sort_keys=True, default=str)
+        latest[(rec["chapter"], rec.get("profile"), bool(rec.get("full_data")), setting, rec.get("seed"),
+                machine(rec))] = rec
+    # a stale record gives way to a current one of the same seed and setting from another machine
+    by_run: dict[tuple, list[dict]] = defaultdict(list)
+    for key, rec in latest.items():
+        by_run[key[:5]].append(rec)
+    kept: list[dict] = []
+    for recs in by_run.values():
+        stale = [bool(_stale_memo(r, r["chapter"], repo, memo)) for r in recs]
+        kept += [r for r, s in zip(recs, stale) if not s] if not all(stale) else recs
+    settings: dict[tuple, list[dict]] = defaultdict(list)
+    for rec in kept:
+        family = settings[(rec["chapter"], rec.get("profile"), bool(rec.get("full_data")))]
+        if _setting(rec) not in family:
+            family.append(_setting(rec))
+    groups: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
+    for rec in sorted(kept, key=lambda r: (r.get("seed", 0), machine(r), r.get("started", ""))):
+        family = settings[(rec["chapter"], rec.get("profile"), bool(rec.get("full_data")))]
+        label = setting_label(_setting(rec), [s for s in family if s != _setting(rec)])
         for c in rec.get("claims", []):
-            groups[(chapter, c["id"], profile, full)].append((rec, c))
+            groups[(rec["chapter"], c["id"], rec.get("profile"), bool(rec.get("full_data")), label)].append((rec, c))
     out = []
-    for (chapter, cid, profile, full), items in groups.items():
-        items.sort(key=lambda rc: rc[0].get("seed", 0))
+    for (chapter, cid, profile, full, label), items in sorted(groups.items(), key=lambda kv: str(kv[0])):
         recs = [r for r, _ in items]
         claims = [c for _, c in items]
-        values = [v for v in (_value(c["ours"]) for c in claims) if v is not None]
+        machines = [machine(r) for r in recs]
+        with_machine = len(set(machines)) > 1
+        runs = [run_label(r.get("seed"), m, with_machine) for r, m in zip(recs, machines)]
+        values = [_value(c["ours"]) for c in claims]
+        numbers = [v for v in values if v is not None]
         stale = [_stale_memo(r, chapter, repo, memo) for r in recs]
         hw = sorted({(r.get("hardware") or {}).get("cpu", "?") for r in recs})
         first = claims[0]
+        varies = "runs" if with_machine else "seeds"
         out.append({
             "chapter": chapter,
             "claim": cid,
@@ -177,21 +236,46 @@ def rows(records: list[dict], repo: Path = REPO_ROOT) -> list[dict]:
             "source": first["source"],
             "paper": "" if first.get("paper") is None else str(first["paper"]),
             "ours": _text(first["ours"]) if len(claims) == 1 else
-            (f"{np.mean(values):.4g} (seeds: {', '.join(f'{v:.4g}' for v in values)})" if values else
+            (f"{np.mean(numbers):.4g} ({varies}: {', '.join(f'{v:.4g}' for v in numbers)})" if numbers else
              "; ".join(_text(c["ours"]) for c in claims)),
-            "spread": float(np.std(values)) if len(values) > 1 else None,
+            "spread": float(np.std(numbers)) if len(numbers) > 1 else None,
             "rule": first["rule"] + (f" ({first['why']})" if first.get("why") else ""),
             "seeds": [r.get("seed") for r in recs],
+            "machines": machines,
+            "runs": runs,
             "verdicts": [c["verdict"] for c in claims],
             "verdict": combine(c["verdict"] for c in claims),
-            "detail": claims[0]["detail"] if len(claims) == 1 else "; ".join(f"seed {r.get('seed')}: {c['verdict']}" for r, c in items),
+            "detail": claims[0]["detail"] if len(claims) == 1 else "; ".join(f"{run}: {c['verdict']}" for run, c in zip(runs, claims)),
             "profile": profile,
+            "setting": label,
             "data": "full" if full else "sample",
             "hardware": ", ".join(hw),
             "commit": ", ".join(sorted({((r.get("git") or {}).get("commit") or "?")[:10] for r in recs})),
             "stale": any(s for s in stale if s),
         })
     return out
+
+
+def row_key(row: dict) -> str:
+    """A row's unique name: the claim id with its profile, data and setting."""
+    return f"{row['claim']} ({row['profile']}, {row['data']}{', ' + row['setting'] if row['setting'] else ''})"
+
+
+def varies_with(row: dict) -> str | None:
+    """What a row's verdict depends on, when its runs disagree: "the seed", "the machine", or "the
+    seed and the machine" (None when all runs agree)."""
+    if len(set(row["verdicts"])) < 2:
+        return None
+    by_seed = defaultdict(set)
+    by_machine = defaultdict(set)
+    for s, m, v in zip(row["seeds"], row["machines"], row["verdicts"]):
+        by_seed[s].add(v)
+        by_machine[m].add(v)
+    on_machine = any(len(v) > 1 for v in by_seed.values())  # one seed, other verdicts on other machines
+    on_seed = len(set(row["seeds"])) > 1 and any(len(v) > 1 for v in by_machine.values())
+    if on_machine and on_seed:
+        return "the seed and the machine"
+    return "the machine" if on_machine else "the seed"
 
 
 def verdict_counts(table: list[dict]) -> dict[str, dict[str, int]]:

@@ -2,7 +2,7 @@
 import pytest
 
 from lib.claims import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED
-from lib.scorecard import combine, rows, verdict_counts
+from lib.scorecard import combine, machine, row_key, rows, varies_with, verdict_counts
 
 
 @pytest.mark.parametrize("verdicts, expected", [
@@ -36,6 +36,47 @@ def test_rows_combine_seeds_and_keep_the_newest_record_per_seed():
     assert table["other"]["ours"].startswith("0.8 [0.7, 0.9]") and table["other"]["verdict"] == REPRODUCED
     counts = verdict_counts(list(table.values()))
     assert counts["demo"][INCONCLUSIVE] == 1 and counts["other"][REPRODUCED] == 1
+
+
+def test_rows_keep_other_settings_apart_and_label_them():
+    small = record(0, 0.6, REPRODUCED, "2026-01-03")
+    small["parameters"] = {"profile": "quick", "seed": 0, "n": 5, "draws": 512}
+    big = record(0, 0.9, REPRODUCED, "2026-01-02")
+    big["parameters"] = {"profile": "quick", "seed": 0, "n": 50, "draws": 32}
+    table = rows([small, big])
+    assert len(table) == 2
+    by_setting = {r["setting"]: r for r in table}
+    assert set(by_setting) == {"draws=512, n=5", "draws=32, n=50"}
+    assert by_setting["draws=32, n=50"]["ours"].startswith("0.9") and by_setting["draws=512, n=5"]["ours"].startswith("0.6")
+    assert row_key(by_setting["draws=512, n=5"]) == "demo.c (quick, sample, draws=512, n=5)"
+    assert rows([big])[0]["setting"] == "" and row_key(rows([big])[0]) == "demo.c (quick, sample)"
+
+
+def test_rows_combine_machines_and_name_them_when_they_disagree():
+    xeon = record(0, 0.9, REPRODUCED, "2026-01-01")
+    xeon["hardware"] = {"cpu": "Xeon"}
+    epyc = record(0, 0.4, NOT_REPRODUCED, "2026-01-02")
+    epyc["hardware"] = {"cpu": "EPYC"}
+    capped = record(0, 0.5, NOT_REPRODUCED, "2026-01-03")
+    capped["hardware"] = {"cpu": "EPYC", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    (row,) = rows([xeon, epyc, capped])
+    assert row["verdict"] == INCONCLUSIVE and row["seeds"] == [0, 0, 0]
+    assert row["runs"] == ["seed 0 on EPYC", "seed 0 on EPYC, ONEDNN_MAX_CPU_ISA=AVX2", "seed 0 on Xeon"]
+    assert varies_with(row) == "the machine" and "runs:" in row["ours"]
+    (same,) = rows([epyc, capped])
+    assert same["verdict"] == NOT_REPRODUCED and varies_with(same) is None
+    seeds = [record(0, 0.9, REPRODUCED, "2026-01-01"), record(1, 0.4, NOT_REPRODUCED, "2026-01-01")]
+    assert varies_with(rows(seeds)[0]) == "the seed" and rows(seeds)[0]["runs"] == ["seed 0", "seed 1"]
+    both = [xeon, epyc, dict(record(1, 0.8, REPRODUCED, "2026-01-01"), hardware={"cpu": "EPYC"})]
+    assert varies_with(rows(both)[0]) == "the seed and the machine"
+
+
+def test_machine_names_the_cpu_the_caps_and_a_gpu_only_when_used():
+    rec = record(0, 0.9, REPRODUCED, "2026-01-01")
+    rec["hardware"] = {"cpu": "EPYC", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OMP_NUM_THREADS": "2", "gpu": "H100"}
+    assert machine(rec) == "EPYC, MKL_ENABLE_INSTRUCTIONS=AVX2"
+    rec["parameters"] = dict(rec["parameters"], device="cuda")
+    assert machine(rec) == "EPYC, MKL_ENABLE_INSTRUCTIONS=AVX2, H100"
 
 
 def _git(repo, *args):
@@ -85,3 +126,19 @@ def test_a_record_is_stale_only_when_its_chapter_or_its_lib_files_change(tmp_pat
     assert is_stale(rec, "chapters/x.md", tmp_path) is True
     assert is_stale({"git": {"commit": "0" * 40}}, "chapters/x.md", tmp_path) is None  # not in this history
     assert is_stale({"git": {}}, "chapters/x.md", tmp_path) is None
+
+
+def test_a_stale_record_gives_way_to_a_current_one_from_another_machine(tmp_path):
+    _git(tmp_path, "init", "-q")
+    _write(tmp_path / "lib/__init__.py", "")
+    _write(tmp_path / "chapters/x.md", "one\n")
+    _git(tmp_path, "add", "-A")
+    old = _git(tmp_path, "commit", "-qm", "one")
+    _write(tmp_path / "chapters/x.md", "two\n")
+    new = _git(tmp_path, "commit", "-qam", "two")
+    xeon = dict(record(0, 0.9, REPRODUCED, "2026-01-01", chapter="x"), hardware={"cpu": "Xeon"}, git={"commit": old})
+    epyc = dict(record(0, 0.4, NOT_REPRODUCED, "2026-01-02", chapter="x"), hardware={"cpu": "EPYC"}, git={"commit": new})
+    (row,) = rows([xeon, epyc], repo=tmp_path)
+    assert row["machines"] == ["EPYC"] and row["verdict"] == NOT_REPRODUCED and not row["stale"]
+    (alone,) = rows([xeon], repo=tmp_path)  # the only record of its run stays, marked stale
+    assert alone["machines"] == ["Xeon"] and alone["stale"]
