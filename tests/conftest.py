@@ -22,3 +22,23 @@ def _isolated(tmp_path, monkeypatch):
     for var in [v for v in os.environ if v.startswith("XAI_DATA_") and v != "XAI_DATA_HOME"]:
         monkeypatch.delenv(var)
     yield
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny models run much faster on one thread (and do not fight other processes for cores)."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def float64_default():
+    """torch's default dtype float64 for the test (exact comparisons with Monte Carlo and closed forms)."""
+    import torch
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

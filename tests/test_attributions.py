@@ -47,13 +47,7 @@ class LinearLogit(nn.Module):
         return self.lin(self.flatten(x))
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models run much faster on one thread (and do not fight other processes for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def tiny_cnn(c: int = 1, k: int = 3) -> nn.Module:

@@ -23,13 +23,7 @@ from lib.cxplain import (
 )
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models train much faster on one thread (and do not fight other processes for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def toy_model(c: int = 1, k: int = 3, hw: int = 8) -> nn.Module:

@@ -7,12 +7,7 @@ from lib.rde import NoiseModel, RDEConfig, adf_forward, distortion, distortion_m
 
 
 
-@pytest.fixture(autouse=True)
-def _f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")  # tests/conftest.py
 
 
 def mc_moments(f, mean, var, n=200_000, seed=0):

@@ -13,12 +13,7 @@ from lib.rde import (LBFGSB_OPTIONS, NoiseModel, adf_forward, distortion, obfusc
                      rde_lbfgsb)
 
 
-@pytest.fixture(autouse=True)
-def _f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")  # tests/conftest.py
 
 
 def all_strings(d=DIMENSION):
