@@ -32,12 +32,16 @@ def provenance(record: dict, record_name: str) -> str:
     params = record.get("parameters", {})
     rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in params.items())
     minutes = (record.get("duration_s") or 0) / 60
+    # settings that change a CPU's numerics or speed: name them, so a capped run is not read as the plain CPU's
+    env = [f"`{k}={hw[k]}`" for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY",
+                                       "MKL_CBWR", "OMP_NUM_THREADS") if hw.get(k)]
     return (
         f"```{{admonition}} A committed run, not re-executed by the book's build\n"
         f":class: note\n"
         f"This page is the executed notebook of one run of the chapter `{record.get('chapter')}`, rendered as it was "
         f"saved. It started {record.get('started')} and took {minutes:.1f} min on {hw.get('cpu', 'an unknown CPU')} "
-        f"({hw.get('cores', '?')} cores, {hw.get('torch_threads', '?')} torch threads, GPU: {hw.get('gpu') or 'none'}), "
+        f"({hw.get('cores', '?')} cores, {hw.get('torch_threads', '?')} torch threads, GPU: {hw.get('gpu') or 'none'}"
+        f"{'; ' + ', '.join(env) if env else ''}), "
         f"commit `{str(git.get('commit'))[:10]}`{' with uncommitted changes' if git.get('dirty') else ''}, "
         f"profile `{record.get('profile')}`, seed {record.get('seed')}. Data: {data_txt}. Its run record is "
         f"`{record_name}` beside this page; the scorecard reads it and marks it stale once the chapter's code has "

@@ -29,6 +29,9 @@ def test_published_page_names_hardware_commit_and_data(tmp_path):
     for text in ("Some CPU", "abcdef1234", "30.0 min", "full dataset", "not re-executed", "`n_explain` | `20`"):
         assert text in head, text
     assert not page.cells[1].source.startswith("# ")  # one title per page
+    assert "ONEDNN" not in head
+    record["hardware"].update(ONEDNN_MAX_CPU_ISA="AVX2", MKL_CBWR="AVX2")
+    assert "`ONEDNN_MAX_CPU_ISA=AVX2`, `MKL_CBWR=AVX2`" in publish_run.provenance(record, rec_path.name)
 
 
 def test_progress_bar_updates_collapse_to_their_final_state():
