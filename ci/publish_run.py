@@ -20,6 +20,8 @@ from pathlib import Path
 import nbformat
 
 REPO = Path(__file__).resolve().parent.parent
+# environment variables that cap the instruction set a run's kernels use (the book's way of seeing another CPU)
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
 
 
 def provenance(record: dict, record_name: str) -> str:
@@ -33,8 +35,7 @@ def provenance(record: dict, record_name: str) -> str:
     rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in params.items())
     minutes = (record.get("duration_s") or 0) / 60
     # settings that change a CPU's numerics or speed: name them, so a capped run is not read as the plain CPU's
-    env = [f"`{k}={hw[k]}`" for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY",
-                                       "MKL_CBWR", "OMP_NUM_THREADS") if hw.get(k)]
+    env = [f"`{k}={hw[k]}`" for k in (*ISA_CAPS, "MKL_CBWR", "OMP_NUM_THREADS") if hw.get(k)]
     return (
         f"```{{admonition}} A committed run, not re-executed by the book's build\n"
         f":class: note\n"
@@ -103,8 +104,11 @@ def publish(notebook: Path, record_path: Path, name: str | None = None, repo: Pa
             break
     date = str(record.get("started", ""))[:10]
     full = not any(isinstance(d, dict) and d.get("sample") for d in (record.get("data") or {}).values())
+    hw = record.get("hardware") or {}
+    isa = next((hw[k] for k in ISA_CAPS if hw.get(k)), None)
+    where = f", {hw.get('cpu', 'unknown CPU')}" + (f" capped to {isa}" if isa else "")
     header = nbformat.v4.new_markdown_cell(
-        f"# {title}: {'full-data' if full else 'sample-data'} run of {date}\n\n" + provenance(record, record_path.name))
+        f"# {title}: {'full-data' if full else 'sample-data'} run of {date}{where}\n\n" + provenance(record, record_path.name))
     nb.cells.insert(0, header)
     nb.metadata.setdefault("xai_book", {})["published_record"] = record_path.name
     target = out_dir / f"{name or notebook.stem}.ipynb"

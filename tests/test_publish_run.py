@@ -32,6 +32,10 @@ def test_published_page_names_hardware_commit_and_data(tmp_path):
     assert "ONEDNN" not in head
     record["hardware"].update(ONEDNN_MAX_CPU_ISA="AVX2", MKL_CBWR="AVX2")
     assert "`ONEDNN_MAX_CPU_ISA=AVX2`, `MKL_CBWR=AVX2`" in publish_run.provenance(record, rec_path.name)
+    assert head.partition("\n")[0].endswith("run of 2026-11-25, Some CPU")
+    rec_path.write_text(json.dumps(record))
+    capped = nbformat.read(publish_run.publish(nb_path, rec_path, repo=tmp_path, name="capped"), as_version=4)
+    assert capped.cells[0].source.partition("\n")[0].endswith("run of 2026-11-25, Some CPU capped to AVX2")
 
 
 def test_progress_bar_updates_collapse_to_their_final_state():
