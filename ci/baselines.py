@@ -216,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         for p in problems:
             print(f"REGRESSION {p}")
         n = len(load_baseline(ch).get("values", {}))
-        print(f"baselines: {ch}: {n - len(problems)} of {n} outputs match" if problems else f"baselines: {ch}: all {n} outputs match")
+        new = sum(p.message.startswith("is new") for p in problems)
+        print(f"baselines: {ch}: {n - (len(problems) - new)} of {n} baseline outputs match; {len(problems) - new} changed or "
+              f"disappeared, {new} new" if problems else f"baselines: {ch}: all {n} outputs match")
         failed += bool(problems)
     if failed:
         print("If the change is intended: python ci/baselines.py accept CHAPTER, review `git diff ci/baselines`, commit.")

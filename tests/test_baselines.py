@@ -133,4 +133,7 @@ def test_a_planted_change_in_a_lib_function_fails_the_check(baseline_dir, tmp_pa
     assert f"baseline {good_value!r}, now {good_value * 1.06!r}" in str(problems[0])
     capsys.readouterr()
     assert baselines.main(["check", "--record", str(bad)]) == 1
-    assert "REGRESSION mini: output 'claim.mini.mean_low.value' changed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "REGRESSION mini: output 'claim.mini.mean_low.value' changed" in out
+    n = len(baselines.load_baseline("mini")["values"])
+    assert f"baselines: mini: {n - 1} of {n} baseline outputs match; 1 changed or disappeared, 0 new" in out
