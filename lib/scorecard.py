@@ -158,7 +158,8 @@ def _stale_memo(record: dict, chapter: str, repo: Path, memo: dict) -> bool | No
     return memo[key]
 
 
-_NUMERICS_ENV = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+# environment variables that cap the instruction set a run's kernels use (the book's way of seeing another CPU)
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
 
 
 def machine(record: dict) -> str:
@@ -166,7 +167,7 @@ def machine(record: dict) -> str:
     instruction-set caps that were set (``ONEDNN_MAX_CPU_ISA``...), and the GPU when it ran on one."""
     hw = record.get("hardware") or {}
     parts = [str(hw.get("cpu") or "?")]
-    parts += [f"{k}={hw[k]}" for k in _NUMERICS_ENV if hw.get(k)]
+    parts += [f"{k}={hw[k]}" for k in ISA_CAPS if hw.get(k)]
     params = record.get("parameters") or {}
     if params.get("device") not in (None, "cpu") and hw.get("gpu"):
         parts.append(str(hw["gpu"]))
