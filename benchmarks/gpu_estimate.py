@@ -9,7 +9,8 @@ This script extrapolates it instead, and says how:
    work, with the book's own ``lib`` code and the full profile's models and sizes: one batched
    FISTA iteration of the CEM search, one training step of CXPlain's K = 77 U-net and one batch of
    ResNet-20 forwards, one image and relevance map of RDE's relevance-ordering test and one
-   evaluation of RDE's objective, one GCE explainer step.
+   evaluation of RDE's objective, one GCE explainer step (and one per classifier of the GCE
+   reproduction).
 2. While the unit runs, a dispatch mode counts the ATen operators it calls (on a GPU each is at
    least one kernel launch) and their floating-point operations with torch's own formulas
    (``torch.utils.flop_counter``: matrix products and convolutions, forward and backward).
@@ -218,7 +219,29 @@ def gce_units() -> list[tuple[Unit, Count]]:
                   "8,000 steps per explainer (the authors' MNIST 3/8 setting)"), count(step))]
 
 
-CHAPTERS = {"cem": cem_units, "cxplain": cxplain_units, "rde": rde_units, "gce": gce_units}
+def gce_reproduction_units() -> list[tuple[Unit, Count]]:
+    from lib.gce_core import GCEConfig, GCEExplainer, train_gce
+    from lib.models.gce_re import ARCHITECTURES, build_classifier
+
+    out = []
+    x = torch.rand(256, 1, 28, 28)
+    for arch in ARCHITECTURES:
+        torch.manual_seed(0)
+        clf = build_classifier(arch).eval()
+        ex = GCEExplainer(1, 7)
+        cfg = GCEConfig(K=1, L=7, lam=0.05, steps=1, n_alpha=15, n_beta=75)
+
+        def step(clf=clf, ex=ex, cfg=cfg) -> None:
+            train_gce(ex, clf, x, cfg, progress=False)
+
+        out.append((Unit("GCE reproduction", f"one explainer step for the {arch} classifier (VAE batch 64 + 15 x 75 "
+                         "decoded and classified images)", 8000, "8,000 steps per explainer (the [Re] report's setting)"),
+                    count(step)))
+    return out
+
+
+CHAPTERS = {"cem": cem_units, "cxplain": cxplain_units, "rde": rde_units, "gce": gce_units,
+            "gce_reproduction": gce_reproduction_units}
 CALIBRATION = {"seconds": 34 * 60 + 25, "steps": 8000, "peak_tflops": 8.9,
                "source": "Verhoeven et al., [Re] GCE, Table 1: MNIST 3/8 GCE training, GTX 1080 (8.9 TFLOP/s float32 peak)"}
 
