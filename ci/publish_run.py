@@ -1,6 +1,6 @@
 """Publish a chapter run (e.g. a full-data run) as a page of the book, rendered from its execution.
 
-    python ci/publish_run.py RUN.ipynb RUN.<time>-<id>.record.json [--name cem-full]
+    python ci/publish_run.py RUN.ipynb RUN.<time>-<id>.record.json [--name cem-full] [--label "50 digits"]
 
 copies the run record to ``results/<chapter>/`` and writes the executed notebook there as
 ``results/<chapter>/<name>.ipynb`` with a first cell that says where and when it ran (start time,
@@ -86,7 +86,7 @@ def collapse_progress(nb) -> int:
     return removed
 
 
-def publish(notebook: Path, record_path: Path, name: str | None = None, repo: Path = REPO) -> Path:
+def publish(notebook: Path, record_path: Path, name: str | None = None, repo: Path = REPO, label: str | None = None) -> Path:
     record = json.loads(record_path.read_text())
     chapter = record["chapter"]
     out_dir = repo / "results" / chapter
@@ -108,6 +108,8 @@ def publish(notebook: Path, record_path: Path, name: str | None = None, repo: Pa
     hw = record.get("hardware") or {}
     isa = next((hw[k] for k in ISA_CAPS if hw.get(k)), None)
     where = f", {hw.get('cpu', 'unknown CPU')}" + (f" capped to {isa}" if isa else "")
+    if label:  # tells apart runs of one chapter, day and machine, e.g. by the setting they ran
+        where += f" ({label})"
     header = nbformat.v4.new_markdown_cell(
         f"# {title}: {'full-data' if full else 'sample-data'} run of {date}{where}\n\n" + provenance(record, record_path.name))
     nb.cells.insert(0, header)
@@ -122,12 +124,13 @@ def main(argv=None) -> int:
     ap.add_argument("notebook", type=Path)
     ap.add_argument("record", type=Path)
     ap.add_argument("--name", help="file name of the page under results/<chapter>/ (default: the notebook's)")
+    ap.add_argument("--label", help="appended to the page title, e.g. the setting that tells this run apart")
     args = ap.parse_args(argv)
     for p in (args.notebook, args.record):
         if not p.exists():
             print(f"publish_run: {p} does not exist", file=sys.stderr)
             return 2
-    target = publish(args.notebook, args.record, args.name)
+    target = publish(args.notebook, args.record, args.name, label=args.label)
     print(f"publish_run: wrote {target.relative_to(REPO)}; add '- file: {target.relative_to(REPO).with_suffix('')}' "
           f"to _toc.yml under 'Full-data runs' and commit it with its record")
     return 0

@@ -18,6 +18,9 @@ combined verdict:
 
 A stale record (below) is dropped from a row when a record of the same seed and setting from
 another machine is not stale: an old run on one machine does not outvote a current one on another.
+A stale row whose claim has a current row of the same profile and data (another setting, e.g. a
+rerun with more instances) is *superseded* (``superseded_by`` names the current setting): it stays in
+the table, but :func:`verdict_counts` and the findings count the claim once, by its current row.
 
 A record is *stale* when, in git, the chapter's source or one of the ``lib`` modules it imports (directly
 or through other ``lib`` modules: :func:`lib_dependencies`) changed after the commit it ran at. Staleness
@@ -253,7 +256,17 @@ def rows(records: list[dict], repo: Path = REPO_ROOT) -> list[dict]:
             "hardware": ", ".join(hw),
             "commit": ", ".join(sorted({((r.get("git") or {}).get("commit") or "?")[:10] for r in recs})),
             "stale": any(s for s in stale if s),
+            "superseded_by": None,
         })
+    # a stale row is superseded when the same claim has a current row of the same profile and data
+    # (another setting): it stays in the table, marked, but is not counted or listed as a finding twice
+    current: dict[tuple, list[str]] = defaultdict(list)
+    for r in out:
+        if not r["stale"]:
+            current[(r["chapter"], r["claim"], r["profile"], r["data"])].append(r["setting"] or "current")
+    for r in out:
+        if r["stale"] and current.get((r["chapter"], r["claim"], r["profile"], r["data"])):
+            r["superseded_by"] = ", ".join(current[(r["chapter"], r["claim"], r["profile"], r["data"])])
     return out
 
 
@@ -280,9 +293,11 @@ def varies_with(row: dict) -> str | None:
 
 
 def verdict_counts(table: list[dict]) -> dict[str, dict[str, int]]:
-    """chapter -> verdict -> number of claims."""
+    """chapter -> verdict -> number of claims (rows), superseded stale rows left out."""
     counts: dict[str, dict[str, int]] = {}
     for r in table:
+        if r.get("superseded_by"):
+            continue
         counts.setdefault(r["chapter"], {v: 0 for v in VERDICTS})[r["verdict"]] += 1
     return counts
 

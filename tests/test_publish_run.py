@@ -36,6 +36,8 @@ def test_published_page_names_hardware_commit_and_data(tmp_path):
     rec_path.write_text(json.dumps(record))
     capped = nbformat.read(publish_run.publish(nb_path, rec_path, repo=tmp_path, name="capped"), as_version=4)
     assert capped.cells[0].source.partition("\n")[0].endswith("run of 2026-11-25, Some CPU capped to AVX2")
+    labelled = nbformat.read(publish_run.publish(nb_path, rec_path, repo=tmp_path, name="l", label="100 images"), as_version=4)
+    assert labelled.cells[0].source.partition("\n")[0].endswith("Some CPU capped to AVX2 (100 images)")
 
 
 def test_progress_bar_updates_collapse_to_their_final_state():

@@ -142,3 +142,24 @@ def test_a_stale_record_gives_way_to_a_current_one_from_another_machine(tmp_path
     assert row["machines"] == ["EPYC"] and row["verdict"] == NOT_REPRODUCED and not row["stale"]
     (alone,) = rows([xeon], repo=tmp_path)  # the only record of its run stays, marked stale
     assert alone["machines"] == ["Xeon"] and alone["stale"]
+
+
+def test_a_stale_row_is_superseded_by_a_current_row_of_another_setting(tmp_path):
+    _git(tmp_path, "init", "-q")
+    _write(tmp_path / "lib/__init__.py", "")
+    _write(tmp_path / "chapters/x.md", "one\n")
+    _git(tmp_path, "add", "-A")
+    old = _git(tmp_path, "commit", "-qm", "one")
+    _write(tmp_path / "chapters/x.md", "two\n")
+    new = _git(tmp_path, "commit", "-qam", "two")
+    few = dict(record(0, 0.4, NOT_REPRODUCED, "2026-01-01", chapter="x"), git={"commit": old})
+    few["parameters"] = {"profile": "quick", "seed": 0, "n": 20}
+    many = dict(record(0, 0.45, NOT_REPRODUCED, "2026-01-02", chapter="x"), git={"commit": new})
+    many["parameters"] = {"profile": "quick", "seed": 0, "n": 100}
+    by_setting = {r["setting"]: r for r in rows([few, many], repo=tmp_path)}
+    assert by_setting["n=20"]["stale"] and by_setting["n=20"]["superseded_by"] == "n=100"
+    assert not by_setting["n=100"]["stale"] and by_setting["n=100"]["superseded_by"] is None
+    assert verdict_counts(list(by_setting.values()))["x"][NOT_REPRODUCED] == 1  # the claim counted once
+    (alone,) = rows([few], repo=tmp_path)  # no current row: the stale one is still counted
+    assert alone["stale"] and alone["superseded_by"] is None
+    assert verdict_counts([alone])["x"][NOT_REPRODUCED] == 1
