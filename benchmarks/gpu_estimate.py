@@ -1,6 +1,6 @@
 """Extrapolated time of each chapter's full profile on one GPU, from counted work (no GPU here).
 
-    .venv/bin/python benchmarks/gpu_estimate.py [--tflops 20] [--launch-us 10] [--only cem rde]
+    .venv/bin/python benchmarks/gpu_estimate.py [--peak-tflops 67] [--efficiency E] [--launch-us 10] [--only cem rde]
 
 No GPU was lent to this project, so the GPU column of the README's cost table cannot be measured.
 This script extrapolates it instead, and says how:
@@ -46,7 +46,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import flop_registry  # noqa: E402
 
@@ -202,41 +201,33 @@ def rde_units() -> list[tuple[Unit, Count]]:
     return out
 
 
-def gce_units() -> list[tuple[Unit, Count]]:
+def _gce_step(classifier: torch.nn.Module, n_alpha: int, n_beta: int) -> Count:
+    """Counted work of one GCE explainer step (K = 1, L = 7, VAE batch 64) for ``classifier``."""
     from lib.gce_core import GCEConfig, GCEExplainer, train_gce
+
+    x = torch.rand(256, 1, 28, 28)
+    ex = GCEExplainer(1, 7)
+    cfg = GCEConfig(K=1, L=7, lam=0.05, steps=1, n_alpha=n_alpha, n_beta=n_beta)
+    return count(lambda: train_gce(ex, classifier.eval(), x, cfg, progress=False))
+
+
+def gce_units() -> list[tuple[Unit, Count]]:
     from lib.models.gce_cnn import GCEClassifier
 
     torch.manual_seed(0)
-    clf = GCEClassifier(2).eval()
-    x = torch.rand(256, 1, 28, 28)
-    ex = GCEExplainer(1, 7)
-    cfg = GCEConfig(K=1, L=7, lam=0.05, steps=1, n_alpha=25, n_beta=100)
-
-    def step() -> None:
-        train_gce(ex, clf, x, cfg, progress=False)
-
     return [(Unit("GCE", "one explainer step (VAE batch 64 + 25 x 100 decoded and classified images)", 8000,
-                  "8,000 steps per explainer (the authors' MNIST 3/8 setting)"), count(step))]
+                  "8,000 steps per explainer (the authors' MNIST 3/8 setting)"), _gce_step(GCEClassifier(2), 25, 100))]
 
 
 def gce_reproduction_units() -> list[tuple[Unit, Count]]:
-    from lib.gce_core import GCEConfig, GCEExplainer, train_gce
     from lib.models.gce_re import ARCHITECTURES, build_classifier
 
     out = []
-    x = torch.rand(256, 1, 28, 28)
     for arch in ARCHITECTURES:
         torch.manual_seed(0)
-        clf = build_classifier(arch).eval()
-        ex = GCEExplainer(1, 7)
-        cfg = GCEConfig(K=1, L=7, lam=0.05, steps=1, n_alpha=15, n_beta=75)
-
-        def step(clf=clf, ex=ex, cfg=cfg) -> None:
-            train_gce(ex, clf, x, cfg, progress=False)
-
         out.append((Unit("GCE reproduction", f"one explainer step for the {arch} classifier (VAE batch 64 + 15 x 75 "
                          "decoded and classified images)", 8000, "8,000 steps per explainer (the [Re] report's setting)"),
-                    count(step)))
+                    _gce_step(build_classifier(arch), 15, 75)))
     return out
 
 

@@ -260,13 +260,16 @@ def rows(records: list[dict], repo: Path = REPO_ROOT) -> list[dict]:
         })
     # a stale row is superseded when the same claim has a current row of the same profile and data
     # (another setting): it stays in the table, marked, but is not counted or listed as a finding twice
+    def claim_of(r: dict) -> tuple:
+        return r["chapter"], r["claim"], r["profile"], r["data"]
+
     current: dict[tuple, list[str]] = defaultdict(list)
     for r in out:
         if not r["stale"]:
-            current[(r["chapter"], r["claim"], r["profile"], r["data"])].append(r["setting"] or "current")
+            current[claim_of(r)].append(r["setting"] or "current")
     for r in out:
-        if r["stale"] and current.get((r["chapter"], r["claim"], r["profile"], r["data"])):
-            r["superseded_by"] = ", ".join(current[(r["chapter"], r["claim"], r["profile"], r["data"])])
+        if r["stale"] and current.get(claim_of(r)):
+            r["superseded_by"] = ", ".join(current[claim_of(r)])
     return out
 
 

@@ -128,14 +128,19 @@ def test_a_record_is_stale_only_when_its_chapter_or_its_lib_files_change(tmp_pat
     assert is_stale({"git": {}}, "chapters/x.md", tmp_path) is None
 
 
+def _chapter_changed_once(repo):
+    """A git repository whose chapter x changed once: (commit before, commit after)."""
+    _git(repo, "init", "-q")
+    _write(repo / "lib/__init__.py", "")
+    _write(repo / "chapters/x.md", "one\n")
+    _git(repo, "add", "-A")
+    old = _git(repo, "commit", "-qm", "one")
+    _write(repo / "chapters/x.md", "two\n")
+    return old, _git(repo, "commit", "-qam", "two")
+
+
 def test_a_stale_record_gives_way_to_a_current_one_from_another_machine(tmp_path):
-    _git(tmp_path, "init", "-q")
-    _write(tmp_path / "lib/__init__.py", "")
-    _write(tmp_path / "chapters/x.md", "one\n")
-    _git(tmp_path, "add", "-A")
-    old = _git(tmp_path, "commit", "-qm", "one")
-    _write(tmp_path / "chapters/x.md", "two\n")
-    new = _git(tmp_path, "commit", "-qam", "two")
+    old, new = _chapter_changed_once(tmp_path)
     xeon = dict(record(0, 0.9, REPRODUCED, "2026-01-01", chapter="x"), hardware={"cpu": "Xeon"}, git={"commit": old})
     epyc = dict(record(0, 0.4, NOT_REPRODUCED, "2026-01-02", chapter="x"), hardware={"cpu": "EPYC"}, git={"commit": new})
     (row,) = rows([xeon, epyc], repo=tmp_path)
@@ -145,13 +150,7 @@ def test_a_stale_record_gives_way_to_a_current_one_from_another_machine(tmp_path
 
 
 def test_a_stale_row_is_superseded_by_a_current_row_of_another_setting(tmp_path):
-    _git(tmp_path, "init", "-q")
-    _write(tmp_path / "lib/__init__.py", "")
-    _write(tmp_path / "chapters/x.md", "one\n")
-    _git(tmp_path, "add", "-A")
-    old = _git(tmp_path, "commit", "-qm", "one")
-    _write(tmp_path / "chapters/x.md", "two\n")
-    new = _git(tmp_path, "commit", "-qam", "two")
+    old, new = _chapter_changed_once(tmp_path)
     few = dict(record(0, 0.4, NOT_REPRODUCED, "2026-01-01", chapter="x"), git={"commit": old})
     few["parameters"] = {"profile": "quick", "seed": 0, "n": 20}
     many = dict(record(0, 0.45, NOT_REPRODUCED, "2026-01-02", chapter="x"), git={"commit": new})
